@@ -1,0 +1,80 @@
+"""Read an area of interest (GeoJSON, GeoPackage, shapefile; any CRS) into one valid polygonal geometry."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import geopandas as gpd
+import shapely
+from odc.geo.geom import Geometry
+from shapely.geometry import MultiPolygon, Polygon
+
+from .errors import LczmapError
+
+log = logging.getLogger(__name__)
+
+# A city-scale tool: parts farther apart than this belong to separate batch entries.
+MAX_AOI_EXTENT_M = 400_000
+
+
+def read_aoi(path: str | Path) -> Geometry:
+    """Union of all polygons in the file, made valid, as an odc-geo Geometry in the file's CRS.
+
+    GeoJSON without a CRS is EPSG:4326 (RFC 7946). Points and lines are refused, invalid rings
+    are repaired (a message says so), an empty result is refused.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LczmapError(f"{path}: AOI file does not exist")
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several types; the user needs the file name and reason
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if path.suffix.lower() in {".geojson", ".json"}:
+            _raise_if_bad_json(path)
+        raise LczmapError(f"{path}: cannot read the AOI as a vector file ({reason})") from None
+    if frame.empty:
+        raise LczmapError(f"{path}: the AOI file has no features")
+    crs = frame.crs
+    if crs is None:
+        if path.suffix.lower() in {".geojson", ".json"}:
+            crs = "EPSG:4326"
+        else:
+            raise LczmapError(f"{path}: the AOI has no CRS; add a .prj or save it with one")
+    geoms = [g for g in frame.geometry if g is not None and not g.is_empty]
+    polygons = [g for g in geoms if isinstance(g, (Polygon, MultiPolygon))]
+    if len(polygons) < len(geoms):
+        raise LczmapError(f"{path}: the AOI must contain polygons only, found {sorted({g.geom_type for g in geoms})}")
+    if not polygons:
+        raise LczmapError(f"{path}: the AOI has no polygon geometry")
+    union = shapely.union_all([_repaired(path, p) for p in polygons])
+    union = _polygonal_part(union)
+    if union.is_empty or union.area == 0:
+        raise LczmapError(f"{path}: the AOI polygon is empty (zero area)")
+    return Geometry(union, crs=str(crs) if not hasattr(crs, "to_wkt") else crs.to_wkt())
+
+
+def _raise_if_bad_json(path: Path) -> None:
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LczmapError(f"{path}: not valid GeoJSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("type") not in {"FeatureCollection", "Feature", "Polygon", "MultiPolygon"}:
+        raise LczmapError(f"{path}: not valid GeoJSON (no FeatureCollection, Feature or Polygon)")
+
+
+def _repaired(path: Path, geom):
+    if geom.is_valid:
+        return geom
+    log.warning("%s: AOI geometry is invalid (%s); repaired with make_valid", path, shapely.is_valid_reason(geom))
+    return _polygonal_part(shapely.make_valid(geom))
+
+
+def _polygonal_part(geom):
+    """Keep the polygons of a geometry collection (make_valid can add stray lines)."""
+    if isinstance(geom, (Polygon, MultiPolygon)):
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
+    return shapely.union_all(parts) if parts else Polygon()

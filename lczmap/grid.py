@@ -1,0 +1,129 @@
+"""Derive a city's processing grids from its AOI: a 10 m base grid and an aligned output grid in the AOI's UTM zone."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import shapely
+from affine import Affine
+from odc.geo.crs import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+from rasterio.features import rasterize
+
+from .errors import LczmapError
+
+BASE_RESOLUTION = 10.0
+OUTPUT_RESOLUTION = 100.0
+DEFAULT_PATCH = 48
+MAX_EXTENT_M = 400_000
+
+
+@dataclass(frozen=True)
+class CityGrid:
+    """The contract between stages: where every base pixel and every output cell lies.
+
+    `base` covers `output` exactly, padded by `halo` base pixels on every side, so that each output
+    cell's patch window (centred on the cell) lies inside the base grid. Output cell edges coincide
+    with base pixel edges: cell (i, j) is base block [halo + i*factor, halo + (i+1)*factor).
+    """
+
+    aoi: Geometry
+    output: GeoBox
+    base: GeoBox
+    halo: int
+
+    @property
+    def crs(self) -> CRS:
+        return self.output.crs
+
+    @property
+    def factor(self) -> int:
+        return round(self.output.resolution.x / self.base.resolution.x)
+
+    def patch_start(self, patch: int) -> int:
+        """Base-pixel offset of output cell (0, 0)'s patch window, per axis."""
+        return self.halo + self.factor // 2 - patch // 2
+
+    def window(self, rows: slice, cols: slice, patch: int) -> tuple[slice, slice]:
+        """Base-grid slices that hold the patch windows of output cells `rows` x `cols`."""
+        start = self.patch_start(patch)
+        f = self.factor
+        return (
+            slice(start + rows.start * f, start + (rows.stop - 1) * f + patch),
+            slice(start + cols.start * f, start + (cols.stop - 1) * f + patch),
+        )
+
+    def output_blocks(self, size: int) -> list[tuple[slice, slice]]:
+        """Split the output grid into blocks of at most size x size cells (the unit of parallel work)."""
+        h, w = self.output.shape
+        return [
+            (slice(r, min(r + size, h)), slice(c, min(c + size, w)))
+            for r in range(0, h, size)
+            for c in range(0, w, size)
+        ]
+
+    @cached_property
+    def aoi_mask(self) -> np.ndarray:
+        """Output cells whose centre lies inside the AOI (True inside)."""
+        return rasterize(
+            [self.aoi.geom], out_shape=self.output.shape, transform=self.output.affine,
+            fill=0, default_value=1, dtype="uint8",
+        ).astype(bool)
+
+    @property
+    def base_size_px(self) -> int:
+        h, w = self.base.shape
+        return h * w
+
+
+def utm_crs(aoi: Geometry) -> CRS:
+    """The UTM zone (north or south, Norway/Svalbard exceptions included) of the AOI's centroid."""
+    lonlat = to_lonlat(aoi)
+    c = lonlat.centroid.points[0]
+    lon = (c[0] + 180.0) % 360.0 - 180.0
+    return CRS.utm(lon, c[1])
+
+
+def to_lonlat(aoi: Geometry) -> Geometry:
+    """The AOI in EPSG:4326, parts across the antimeridian shifted to one side (longitudes may exceed 180)."""
+    ll = aoi.to_crs("EPSG:4326")
+    minx, _, maxx, _ = ll.boundingbox
+    if maxx - minx > 180:  # split at the antimeridian: move the western parts east by 360 degrees
+        shifted = shapely.transform(ll.geom, lambda xy: np.where(xy[:, :1] < 0, xy + [360.0, 0.0], xy))
+        ll = Geometry(shifted, "EPSG:4326")
+    return ll
+
+
+def city_grid(
+    aoi: Geometry,
+    resolution: float = OUTPUT_RESOLUTION,
+    base_resolution: float = BASE_RESOLUTION,
+    crs: str | CRS | None = None,
+    patch: int = DEFAULT_PATCH,
+) -> CityGrid:
+    """Grids for an AOI: output cells snapped to multiples of `resolution`, base grid padded by half a patch."""
+    factor = resolution / base_resolution
+    if resolution <= 0 or base_resolution <= 0 or abs(factor - round(factor)) > 1e-9 or round(factor) < 1:
+        raise LczmapError(
+            f"--resolution {resolution:g} m must be a positive multiple of the {base_resolution:g} m base grid"
+        )
+    target = CRS(crs) if crs is not None else utm_crs(aoi)
+    if target.geographic:
+        raise LczmapError(f"--crs {target}: the processing grid needs a projected CRS in metres (maps can be written in EPSG:4326)")
+    local = to_lonlat(aoi).to_crs(target) if aoi.crs.geographic else aoi.to_crs(target)
+    minx, miny, maxx, maxy = local.boundingbox
+    if max(maxx - minx, maxy - miny) > MAX_EXTENT_M:
+        raise LczmapError(
+            f"AOI spans {max(maxx - minx, maxy - miny) / 1000:.0f} km; lczmap maps cities up to "
+            f"{MAX_EXTENT_M / 1000:.0f} km across: split it into several cities (lczmap batch)"
+        )
+    output = GeoBox.from_bbox((minx, miny, maxx, maxy), target, resolution=resolution)
+    f = round(factor)
+    base_affine = output.affine * Affine.scale(1 / f)
+    halo = math.ceil(patch / 2)
+    base = GeoBox((output.shape[0] * f, output.shape[1] * f), base_affine, target).pad(halo)
+    return CityGrid(aoi=local, output=output, base=base, halo=halo)
