@@ -86,10 +86,12 @@ def write_card(card: ModelCard, folder: Path) -> Path:
 
 
 def model_search_path() -> list[Path]:
-    """Where named models are looked up: $LCZMAP_MODELS (os.pathsep-separated), then the shipped models."""
+    """Where named models are looked up: $LCZMAP_MODELS (os.pathsep-separated), then the repository's models/.
+
+    Docker images copy models/ to a folder named in LCZMAP_MODELS; a source checkout finds it beside the package.
+    """
     paths = [Path(p) for p in os.environ.get("LCZMAP_MODELS", "").split(os.pathsep) if p]
-    here = Path(__file__).resolve().parent
-    paths += [here / "shipped_models", here.parent / "models"]
+    paths.append(Path(__file__).resolve().parent.parent / "models")
     return [p for p in paths if p.is_dir()]
 
 

@@ -81,11 +81,20 @@ class CityGrid:
 
 
 def utm_crs(aoi: Geometry) -> CRS:
-    """The UTM zone (north or south, Norway/Svalbard exceptions included) of the AOI's centroid."""
-    lonlat = to_lonlat(aoi)
-    c = lonlat.centroid.points[0]
-    lon = (c[0] + 180.0) % 360.0 - 180.0
-    return CRS.utm(lon, c[1])
+    """The WGS 84 UTM zone of the AOI's centroid, with the MGRS exceptions Sentinel-2 tiles follow."""
+    lon, lat = to_lonlat(aoi).centroid.points[0]
+    return CRS(f"EPSG:{(32600 if lat >= 0 else 32700) + utm_zone(lon, lat)}")
+
+
+def utm_zone(lon: float, lat: float) -> int:
+    """UTM zone number 1-60, including the Norway (32V) and Svalbard (31X-37X) exceptions."""
+    lon = (lon + 180.0) % 360.0 - 180.0
+    zone = int((lon + 180) // 6) % 60 + 1
+    if 56 <= lat < 64 and 3 <= lon < 12:
+        return 32
+    if 72 <= lat < 84 and 0 <= lon < 42:
+        return 31 if lon < 9 else 33 if lon < 21 else 35 if lon < 33 else 37
+    return zone
 
 
 def to_lonlat(aoi: Geometry) -> Geometry:
@@ -123,7 +132,7 @@ def city_grid(
         )
     output = GeoBox.from_bbox((minx, miny, maxx, maxy), target, resolution=resolution)
     f = round(factor)
-    base_affine = output.affine * Affine.scale(1 / f)
+    base_affine = output.affine @ Affine.scale(1 / f)
     halo = math.ceil(patch / 2)
     base = GeoBox((output.shape[0] * f, output.shape[1] * f), base_affine, target).pad(halo)
     return CityGrid(aoi=local, output=output, base=base, halo=halo)

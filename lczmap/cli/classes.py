@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -21,5 +22,5 @@ def classes_cmd(as_json: bool) -> None:
         return
     click.echo(f"{'code':>4}  {'LCZ':<3}  {'name':<22}  colour")
     for c in table:
-        swatch = click.style("  ", bg=c.rgb) if click.get_text_stream("stdout").isatty() else ""
+        swatch = click.style("  ", bg=c.rgb) if sys.stdout.isatty() else ""
         click.echo(f"{c.code:>4}  {c.lcz:<3}  {c.name:<22}  {c.colour} {swatch}".rstrip())
