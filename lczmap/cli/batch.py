@@ -1,13 +1,47 @@
-"""`lczmap batch` (placeholder until its issue lands)."""
+"""`lczmap batch`: map every city of a pipeline file on one Dask cluster, resumably."""
 
 from __future__ import annotations
 
 import click
 
 from . import cli
+from ..errors import LczmapError
 
 
-@cli.command("batch", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def batch_cmd() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("lczmap batch is not implemented yet")
+@cli.command("batch")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local Dask cluster, one thread each (default: one per CPU core; "
+                   "on a GPU machine, one per GPU).")
+@click.option("--scheduler", default=None,
+              help="Use the running Dask cluster at this address (e.g. tcp://host:8786) instead of a local one.")
+@click.pass_context
+def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, scheduler: str | None) -> None:
+    """Map many cities: PIPELINE is a YAML file with output_dir, optional predict options and a list of cities.
+
+    Writes OUTPUT_DIR/<name>.tif (with its summary JSON and quicklook) per city and OUTPUT_DIR/manifest.json.
+    Run the same command again after an interruption: finished cities are skipped (their checksum is verified)
+    and the others are redone. Exits 1 when any city failed; the others are still mapped.
+    """
+    from ..batch import load_pipeline, run_batch
+
+    if workers and scheduler:
+        raise LczmapError("--workers and --scheduler exclude each other: the running cluster has its own workers")
+    plan = load_pipeline(pipeline)
+    quiet = ctx.obj.get("quiet", False)
+
+    def report(name: str, entry: dict) -> None:
+        if entry["status"] == "failed":
+            click.echo(f"failed   {name}: {entry['error']}", err=True)
+        elif not quiet:
+            seconds = sum(entry.get("seconds", {}).values())
+            detail = "unchanged since the last run" if entry["status"] == "skipped" else f"{seconds:.1f} s"
+            click.echo(f"{entry['status']:<8} {name} -> {plan.output_dir / entry['output']} ({detail})", err=True)
+
+    manifest = run_batch(plan, workers=workers, scheduler=scheduler, on_city=report)
+    failed = [name for name, entry in manifest["cities"].items() if entry["status"] == "failed"]
+    if failed:
+        raise LczmapError(
+            f"{len(failed)} of {len(manifest['cities'])} cities failed ({', '.join(failed)}); "
+            f"see {plan.output_dir / 'manifest.json'}"
+        )

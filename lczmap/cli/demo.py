@@ -1,13 +1,24 @@
-"""`lczmap demo` (placeholder until its issue lands)."""
+"""`lczmap demo-data`: write a synthetic demo city (all inputs plus the LCZ truth) into a folder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from . import cli
 
 
-@cli.command("demo-data", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def demo_cmd() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("lczmap demo is not implemented yet")
+@cli.command("demo-data")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed: the same seed gives the same city."
+)
+@click.option("--size-km", type=float, default=8.0, show_default=True, help="Width of the city's square AOI in km (1-40).")
+def demo_cmd(folder: Path, seed: int, size_km: float) -> None:
+    """Generate a demo city in FOLDER: AOI, Sentinel-2 L2A SAFE, DSM/DTM, WorldCover, OSM, VHR image, training
+    areas, LCZ truth and a city.yaml that the other commands read (e.g. lczmap stage --config FOLDER/city.yaml)."""
+    from ..demo import generate
+
+    config = generate(folder, seed=seed, size_km=size_km)
+    click.echo(str(config))

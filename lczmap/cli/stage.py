@@ -1,13 +1,42 @@
-"""`lczmap stage` (placeholder until its issue lands)."""
+"""`lczmap stage`: check a city's inputs and write its 13-band 10 m stack (Zarr, resumable, or GeoTIFF) plus a report."""
 
 from __future__ import annotations
 
 import click
 
 from . import cli
+from .options import city_input_options, city_overrides, workers_opt
 
 
-@cli.command("stage", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def stage_cmd() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("lczmap stage is not implemented yet")
+@cli.command("stage")
+@city_input_options
+@click.option("--out", "out", required=True, type=click.Path(), help="Output stack: a .zarr store (resumable) or a .tif file.")
+@click.option("--resolution", type=float, default=100.0, show_default=True, help="Output cell size in metres (multiple of the 10 m base grid).")
+@click.option("--chunk", type=click.IntRange(min=64, max=4096), default=512, show_default=True, help="Chunk side in base pixels.")
+@workers_opt
+@click.pass_context
+def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution: float, chunk: int, workers: int | None, **kwargs) -> None:
+    """Read, check and resample every input of a city onto its 10 m base grid.
+
+    Writes OUT (bands B02..B12, osm_buildings, dsm, landcover; NaN = nodata) and OUT.report.json with
+    each source's CRS, resolution, AOI coverage and the Sentinel-2 cloud fraction. Re-running the same
+    command after an interruption resumes a Zarr store where it stopped.
+    """
+    from ..aoi import read_aoi
+    from ..config import load_city_config
+    from ..grid import city_grid
+    from ..stage import stack_format, stage_city, write_stack
+
+    stack_format(out)  # refuse a bad --out before any input is read
+    config = load_city_config(config_path, **city_overrides(kwargs))
+    grid = city_grid(read_aoi(config.aoi), resolution=resolution)
+    staged = stage_city(config, grid, chunk=chunk)
+    report = write_stack(staged, out, progress=not ctx.obj.get("quiet"), workers=workers)
+    if not ctx.obj.get("quiet"):
+        s2 = report["sources"]["sentinel2"]
+        pct = lambda v: "unknown" if v is None else f"{v:.1%}"  # noqa: E731
+        missing = f"; missing: {', '.join(report['missing'])}" if report["missing"] else ""
+        click.echo(
+            f"Wrote {out} ({report['grid']['shape'][0]} x {report['grid']['shape'][1]} px at 10 m): valid Sentinel-2 "
+            f"on {pct(report['valid_fraction'])} of the AOI, clouds {pct(s2.get('cloud_fraction'))}{missing}"
+        )

@@ -1,0 +1,89 @@
+"""Benchmark `lczmap stage`: wall time and peak memory for demo cities of growing size (memory should stay flat).
+
+    python benchmarks/stage.py                 # 3, 8, 16 km cities in a temporary folder
+    python benchmarks/stage.py --sizes 3 8 --cities /tmp/lcz-bench --workers 2
+
+Each city is generated first (not timed), then staged to Zarr by `lczmap stage` in a fresh child process,
+which reports its own peak RSS (resource.getrusage) and the time spent staging after its imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def child(config: str, out: str, workers: int, chunk: int, cores: int | None) -> None:
+    """Runs in the fresh process: stage one city and print one JSON line."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+    t0 = time.perf_counter()
+    from lczmap.cli import cli
+
+    t1 = time.perf_counter()
+    cli.main(["-q", "stage", "--config", config, "--out", out, "--workers", str(workers), "--chunk", str(chunk)], standalone_mode=False)
+    t2 = time.perf_counter()
+    report = json.loads(Path(out + ".report.json").read_text())
+    print(json.dumps({
+        "import_s": t1 - t0,
+        "stage_s": t2 - t1,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "shape": report["grid"]["shape"],
+        "buildings": report["sources"].get("osm", {}).get("buildings"),
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[3, 8, 16], help="city sizes in km")
+    parser.add_argument("--cities", type=Path, default=None, help="keep generated cities here and reuse them")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--cores", type=int, default=2, help="pin the child to this many CPU cores")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--child", nargs=2, metavar=("CITY_YAML", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, workers=args.workers, chunk=args.chunk, cores=args.cores)
+        return
+
+    from lczmap.demo import generate
+
+    with tempfile.TemporaryDirectory(prefix="lczmap-bench-") as tmp:
+        root = args.cities or Path(tmp)
+        rows = []
+        for size in args.sizes:
+            folder = root / f"city-{size:g}km-seed{args.seed}"
+            config = folder / "city.yaml"
+            if not config.exists():
+                t = time.perf_counter()
+                config = generate(folder, seed=args.seed, size_km=size)
+                print(f"generated {size:g} km city in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            out = Path(tmp) / f"stack-{size:g}km.zarr"
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(config), str(out), "--workers", str(args.workers),
+                 "--chunk", str(args.chunk), "--cores", str(args.cores)],
+                capture_output=True, text=True,
+            )
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                sys.exit(f"staging the {size:g} km city failed:\n{proc.stderr}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((size, wall, result))
+        print(f"lczmap stage, chunk {args.chunk}, {args.workers} workers on {args.cores} cores")
+        print(f"{'city':>6} {'base grid px':>14} {'buildings':>10} {'stage s':>8} {'process s':>10} {'peak RSS MB':>12}")
+        for size, wall, r in rows:
+            shape = f"{r['shape'][0]} x {r['shape'][1]}"
+            print(f"{size:>4g}km {shape:>14} {r['buildings'] or 0:>10} {r['stage_s']:>8.1f} {wall:>10.1f} {r['peak_rss_mb']:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

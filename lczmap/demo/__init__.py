@@ -1,0 +1,160 @@
+"""Generate a synthetic demo city: every input lczmap reads (AOI, Sentinel-2 SAFE, DSM/DTM, WorldCover, OSM, VHR,
+training areas) plus the LCZ truth, all derived from one 2 m surface scene."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..aoi import read_aoi
+from ..config import load_city_config
+from ..errors import LczmapError
+from ..grid import city_grid
+
+log = logging.getLogger(__name__)
+
+MIN_SIZE_KM, MAX_SIZE_KM = 1.0, 40.0
+
+
+@dataclass(frozen=True)
+class Realism:
+    """Knobs that make the demo city harder (or easier) to map; the defaults aim at OA ~0.85-0.95 for a model
+    trained on other seeds."""
+
+    boundary_mix: float = 0.5  # chance that a cell on a class boundary holds a 15-45 % strip of the neighbour class
+    param_spread: float = 0.2  # surface fractions drawn from the class ranges widened by this share of their width
+    s2_noise: float = 0.006  # Sentinel-2 reflectance noise (absolute, 1 sigma)
+    s2_relative_noise: float = 0.03  # plus this share of the reflectance
+    s2_psf_sigma: float = 0.5  # Gaussian blur of the 10 m bands, in pixels (instrument point spread)
+    illumination: tuple[float, float] = (0.92, 1.08)  # scene-wide gain range
+    cloud_cover: tuple[float, float] = (0.015, 0.04)  # share of the image under cloud
+    dsm_noise_m: float = 1.5  # DSM error (1 sigma, spatially correlated)
+    osm_missing: float = 0.10  # share of buildings left out of the OSM extract (patchy)
+    osm_jitter_m: float = 0.7  # digitising offset of OSM footprints (1 sigma)
+
+
+DEFAULT_REALISM = Realism()
+FILES = {
+    "aoi": "aoi.geojson",
+    "truth": "truth_lcz.tif",
+    "dsm": "dsm.tif",
+    "dtm": "dtm.tif",
+    "landcover": "worldcover.tif",
+    "osm": "buildings.osm",
+    "vhr": "vhr_rgb.tif",
+    "reference": "reference.geojson",
+}
+PBF_NAME = "buildings.osm.pbf"
+CITY_YAML = "city.yaml"
+
+
+def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism = DEFAULT_REALISM, **knobs) -> Path:
+    """Write a demo city of about size_km x size_km into `folder`; return the path of its city.yaml.
+
+    The same seed gives the same files; another seed gives another city and place. `knobs` override fields of
+    `realism` (e.g. s2_noise=0.01). Files are built in a temporary folder beside `folder` and moved in at the end.
+    """
+    from .dem import write_dems
+    from .layout import aoi_polygon, choose_place, make_layout, write_aoi, write_truth
+    from .osm_xml import write_osm, write_pbf
+    from .reference import write_reference
+    from .scene import build_scene, cast_shadows
+    from .sentinel2_safe import sun_position, write_sentinel2
+    from .vhr import write_vhr
+    from .worldcover import write_worldcover
+
+    if not MIN_SIZE_KM <= size_km <= MAX_SIZE_KM:
+        raise LczmapError(f"--size-km {size_km:g}: the demo city must be {MIN_SIZE_KM:g}-{MAX_SIZE_KM:g} km across")
+    if seed < 0:
+        raise LczmapError(f"--seed {seed}: the seed must be 0 or positive")
+    unknown = set(knobs) - set(Realism.__dataclass_fields__)
+    if unknown:
+        raise LczmapError(f"unknown realism knobs {sorted(unknown)}; known: {sorted(Realism.__dataclass_fields__)}")
+    realism = replace(realism, **knobs)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.demo-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    # Independent random streams per part, so tuning one knob does not reshuffle the rest.
+    parts = ("place", "layout", "scene", "s2", "dem", "osm", "vhr", "reference")
+    seeds = np.random.SeedSequence(seed).spawn(len(parts))
+    streams = {part: np.random.default_rng(s) for part, s in zip(parts, seeds, strict=True)}
+    timer = _Timer()
+    try:
+        place, date = choose_place(streams["place"])
+        name = f"demo-{place.name}-{seed}"
+        write_aoi(tmp / FILES["aoi"], aoi_polygon(place, size_km, streams["place"]), name)
+        grid = city_grid(read_aoi(tmp / FILES["aoi"]))
+        layout = make_layout(grid, place, date, size_km, streams["layout"])
+        write_truth(tmp / FILES["truth"], layout)
+        timer.lap("layout")
+        scene = build_scene(layout, streams["scene"], realism.boundary_mix, realism.param_spread)
+        azimuth, elevation = sun_position(place, date, 2.25)
+        cast_shadows(scene, azimuth, elevation)
+        timer.lap("scene")
+        safe, products = write_sentinel2(
+            tmp, scene, streams["s2"], noise=realism.s2_noise, relative_noise=realism.s2_relative_noise,
+            psf_sigma=realism.s2_psf_sigma, illumination=realism.illumination, cloud_cover=realism.cloud_cover,
+        )
+        timer.lap("sentinel-2")
+        write_dems(tmp / FILES["dsm"], tmp / FILES["dtm"], layout, products, streams["dem"], realism.dsm_noise_m)
+        write_worldcover(tmp / FILES["landcover"], products)
+        timer.lap("dem+worldcover")
+        write_osm(tmp / FILES["osm"], scene, products.grid, streams["osm"], realism.osm_missing, realism.osm_jitter_m)
+        has_pbf = write_pbf(tmp / FILES["osm"], tmp / PBF_NAME)
+        timer.lap("osm")
+        write_vhr(tmp / FILES["vhr"], scene, streams["vhr"])
+        timer.lap("vhr")
+        write_reference(tmp / FILES["reference"], layout, streams["reference"])
+        del scene
+        config = {"name": name, **FILES, "sentinel2": safe.name, "landcover_scheme": "worldcover", "reference_column": "lcz"}
+        (tmp / CITY_YAML).write_text(yaml.safe_dump(config, sort_keys=False))
+        load_city_config(tmp / CITY_YAML)  # the contract: what we wrote must load
+        _move_into(tmp, folder, [*FILES.values(), safe.name, CITY_YAML, *([PBF_NAME] if has_pbf else [])])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("demo city %s (%g km, seed %d) written to %s in %s", name, size_km, seed, folder, timer)
+    return folder / CITY_YAML
+
+
+def _move_into(tmp: Path, folder: Path, names: list[str]) -> None:
+    """Move finished files into `folder`, replacing earlier ones; stale demo SAFE products are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    new_safe = next(n for n in names if n.endswith(".SAFE"))
+    for old in folder.glob("S2B_MSIL2A_*_N0510_R060_*.SAFE"):
+        if old.name != new_safe:
+            shutil.rmtree(old)
+    for name in names:
+        target = folder / name
+        if (tmp / name).is_dir() and target.exists():
+            trash = folder / f".{name}.old-{os.getpid()}"
+            os.replace(target, trash)
+            os.replace(tmp / name, target)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp / name, target)
+    if PBF_NAME not in names:
+        (folder / PBF_NAME).unlink(missing_ok=True)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: list[str] = []
+
+    def lap(self, what: str) -> None:
+        now = time.perf_counter()
+        self.laps.append(f"{what} {now - self.last:.1f}s")
+        log.debug("demo-data: %s done in %.1f s", what, now - self.last)
+        self.last = now
+
+    def __str__(self) -> str:
+        return f"{time.perf_counter() - self.start:.1f} s ({', '.join(self.laps)})"

@@ -1,0 +1,216 @@
+"""The interface every input source implements, plus the raster checks and the windowed warp they share."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry, box
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+
+from ..errors import LczmapError
+
+# rasterio warns "Dataset has no geotransform" from the in-memory datasets behind rasterize/reproject when
+# they are created on several threads at once; the transform is set right after and the results are exact.
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", module=r"rasterio\.(features|warp)")
+
+# Remote COGs: avoid listing the "directory" of every href on open (one HTTP request each).
+REMOTE_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+class Source(ABC):
+    """One input source: checked once when planned, then read per chunk onto any window of the base grid.
+
+    Instances are plain picklable data (paths and small arrays, no open file handles), so a plan that
+    holds them can go into a dask graph once and be read from any thread or worker.
+    """
+
+    key: str  # the CityConfig field it comes from
+    bands: tuple[str, ...]  # the stack bands it fills, in stack order
+
+    @abstractmethod
+    def read(self, geobox: GeoBox, extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """(len(bands), h, w) float32 on `geobox`, NaN where there is no data.
+
+        A source may put auxiliary per-pixel arrays into `extras` (Sentinel-2 adds its SCL) for the report.
+        """
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts for the staging report: path, CRS, resolution and how values were derived."""
+
+    def files(self) -> list[str]:
+        """The files this source reads (their sizes and times identify a staging run for resuming)."""
+        d = self.describe()
+        return [str(d[k]) for k in ("path", "dtm") if d.get(k)]
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What planning learned about one raster file, kept so chunks never have to re-check it."""
+
+    href: str
+    crs: str
+    crs_label: str
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+    res_m: float
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    tags: dict[str, str]
+
+
+def is_remote(href: str | Path) -> bool:
+    return "://" in str(href)
+
+
+def check_exists(path: str | Path, what: str) -> None:
+    """Refuse a local path that is missing or unreadable, naming it and the role it plays."""
+    if is_remote(path):
+        return
+    p = Path(path)
+    if not p.exists():
+        raise LczmapError(f"{p}: {what} does not exist")
+    if not os.access(p, os.R_OK):
+        raise LczmapError(f"{p}: {what} cannot be read (permission denied)")
+
+
+def inspect_raster(href: str | Path, what: str) -> RasterInfo:
+    """Open a raster once and return its georeferencing, refusing files that are not georeferenced rasters."""
+    href = str(href)
+    check_exists(href, what)
+    if not is_remote(href) and Path(href).is_dir():
+        raise LczmapError(f"{href}: {what} is a folder, expected a raster file")
+    try:
+        with rasterio.Env(**(REMOTE_ENV if is_remote(href) else {})), rasterio.open(href) as src:
+            if src.crs is None:
+                raise LczmapError(f"{href}: {what} has no CRS (no georeferencing); assign one, e.g. gdal_edit.py -a_srs")
+            if src.transform.is_identity:
+                raise LczmapError(f"{href}: {what} has no geotransform (pixel coordinates only)")
+            crs = src.crs
+            epsg = crs.to_epsg()
+            return RasterInfo(
+                href=href,
+                crs=crs.to_wkt(),
+                crs_label=f"EPSG:{epsg}" if epsg else crs.to_wkt()[:60],
+                bounds=tuple(src.bounds),
+                res=tuple(src.res),
+                res_m=_res_in_metres(src),
+                count=src.count,
+                dtype=src.dtypes[0],
+                nodata=src.nodata,
+                descriptions=tuple(src.descriptions),
+                scales=tuple(src.scales),
+                offsets=tuple(src.offsets),
+                tags=dict(src.tags()),
+            )
+    except RasterioIOError as exc:
+        raise LczmapError(f"{href}: {what} is not a raster GDAL can read ({_first_line(exc)})") from None
+    except RasterioError as exc:
+        raise LczmapError(f"{href}: {what} cannot be read ({_first_line(exc)})") from None
+
+
+def _res_in_metres(src) -> float:
+    """Mean pixel size in metres (geographic rasters: at the raster's centre latitude)."""
+    rx, ry = src.res
+    if src.crs.is_geographic:
+        lat = math.radians((src.bounds.bottom + src.bounds.top) / 2)
+        return math.sqrt(rx * 111_320 * math.cos(lat) * ry * 110_574)
+    factor = src.crs.linear_units_factor[1] if src.crs.linear_units_factor else 1.0
+    return math.sqrt(rx * ry) * factor
+
+
+def check_overlap(info: RasterInfo, aoi: Geometry, what: str) -> None:
+    """Refuse a raster whose footprint misses the AOI entirely (partial overlap is fine)."""
+    footprint = box(*info.bounds, info.crs)
+    if not footprint.intersects(aoi.to_crs(info.crs)):
+        b = aoi.to_crs("EPSG:4326").boundingbox
+        raise LczmapError(
+            f"{info.href}: {what} does not overlap the AOI (raster bounds {_fmt(info.bounds)} in {info.crs_label}; "
+            f"AOI lon/lat bounds {_fmt(tuple(b))})"
+        )
+
+
+def warp(
+    href: str,
+    indexes: list[int],
+    geobox: GeoBox,
+    resampling: Resampling,
+    dtype: str = "float32",
+    src_nodata: float | None = None,
+    dst_nodata: float = np.nan,
+) -> np.ndarray:
+    """Bands `indexes` of `href` resampled onto `geobox` through a WarpedVRT, which reads only the source window it needs.
+
+    Every destination pixel is transformed exactly (no approximate transformer), so a pixel gets the same
+    value whichever chunk or block it is read in: staged chunks and prediction blocks never disagree.
+    """
+    try:
+        src = _dataset(href)
+        with WarpedVRT(
+            src,
+            crs=geobox.crs.wkt,
+            transform=geobox.affine,
+            width=geobox.shape[1],
+            height=geobox.shape[0],
+            resampling=resampling,
+            src_nodata=src_nodata if src_nodata is not None else src.nodata,
+            nodata=dst_nodata,
+            dtype=dtype,
+            tolerance=1e-9,  # rasterio refuses 0; this makes GDAL's approximate transformer exact
+        ) as vrt:
+            return vrt.read(indexes)
+    except (RasterioError, OSError) as exc:
+        raise LczmapError(f"{href}: cannot read ({_first_line(exc)})") from None
+
+
+_local = threading.local()
+_MAX_OPEN = 32
+
+
+def _dataset(href: str):
+    """This thread's open handle on `href`, kept between chunks so GDAL's block cache spares re-decoding (JP2 tiles).
+
+    Keyed by file size and time too: a file rewritten in place is reopened, never read stale.
+    """
+    cache: OrderedDict = getattr(_local, "datasets", None) or OrderedDict()
+    _local.datasets = cache
+    key = href if is_remote(href) else (href, *_stamp(href))
+    ds = cache.pop(key, None)
+    if ds is None or ds.closed:
+        with rasterio.Env(**(REMOTE_ENV if is_remote(href) else {})):
+            ds = rasterio.open(href)
+    cache[key] = ds
+    while len(cache) > _MAX_OPEN:
+        cache.popitem(last=False)[1].close()
+    return ds
+
+
+def _stamp(href: str) -> tuple[int, int]:
+    st = os.stat(href)
+    return st.st_size, st.st_mtime_ns
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fmt(bounds: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"

@@ -1,0 +1,66 @@
+"""Cut one model patch per output cell from a staged block as strided views, and normalise them with the model card."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .card import ModelCard
+from .errors import LczmapError
+
+DEFAULT_NODATA_THRESHOLD = 0.2
+
+
+def band_indices(wanted: Sequence[str], available: Sequence[str]) -> list[int]:
+    """Positions of the card's bands in the staged stack's band order."""
+    missing = [b for b in wanted if b not in available]
+    if missing:
+        raise LczmapError(f"model bands {missing} are not staged bands (known: {', '.join(available)})")
+    return [list(available).index(b) for b in wanted]
+
+
+def patch_views(block: np.ndarray, patch: int, step: int) -> np.ndarray:
+    """(bands, h, w) block -> (rows, cols, patch, patch, bands) read-only view, one window per output cell.
+
+    The block must be the base window of those cells (CityGrid.window): cell (i, j)'s window starts at
+    pixel (i*step, j*step) of the block. No pixel is copied.
+    """
+    bands, h, w = block.shape
+    if h < patch or w < patch or (h - patch) % step or (w - patch) % step:
+        raise ValueError(f"block {h}x{w} is not a window of whole patches ({patch} px, step {step})")
+    windows = sliding_window_view(block, (patch, patch), axis=(1, 2))[:, ::step, ::step]
+    return windows.transpose(1, 2, 3, 4, 0)
+
+
+def nodata_share(block: np.ndarray, patch: int, step: int) -> np.ndarray:
+    """Share (0-1) of each cell's patch window where any band is NaN, (rows, cols)."""
+    missing = np.isnan(block).any(axis=0)
+    windows = sliding_window_view(missing, (patch, patch))[::step, ::step]
+    return windows.mean(axis=(-2, -1), dtype=np.float32)
+
+
+class BlockPatches:
+    """The accepted patches of one block, handed out normalised in batches (only a batch is ever copied)."""
+
+    def __init__(self, block: np.ndarray, card: ModelCard, step: int, nodata_threshold: float = DEFAULT_NODATA_THRESHOLD,
+                 mask: np.ndarray | None = None):
+        patch = card.patch_size
+        self.views = patch_views(block, patch, step)
+        # A cell is mapped when at most `nodata_threshold` of its window is missing (and it is in `mask`).
+        self.valid = nodata_share(block, patch, step) <= nodata_threshold
+        if mask is not None:
+            self.valid &= mask
+        self.cells = np.argwhere(self.valid)
+        self.card = card
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        """Normalised patches start..stop of the accepted cells, (n, p, p, bands) float32, NaN-free."""
+        cells = self.cells[start:stop]
+        raw = self.views[cells[:, 0], cells[:, 1]]
+        # Remaining NaNs (below the threshold) become the band mean, i.e. 0 after normalisation.
+        return np.nan_to_num(self.card.normalise(raw), copy=False, nan=0.0)

@@ -1,0 +1,127 @@
+"""Post-processing of probabilities into class bands: argmax, the LCZ Generator filter, COG writing, summary, quicklook."""
+
+import numpy as np
+import pytest
+import rasterio
+from odc.geo.geobox import GeoBox
+from rio_cogeo.cogeo import cog_validate
+
+from lczmap.classes import lcz_classes
+from lczmap.mosaic import (classify, colour_tag, filter_kernel_px, lcz_filter, lonlat_geobox, reproject_nearest,
+                           write_cog)
+from lczmap.report import class_areas, nice_length, quicklook
+
+
+def background(code=14, shape=(40, 40)):
+    return np.full(shape, code, np.uint8)
+
+
+def test_isolated_pixel_is_removed():
+    lcz = background()
+    lcz[20, 20] = 2
+    assert lcz_filter(lcz, 100)[20, 20] == 14
+
+
+def test_big_block_keeps_its_class_and_shape():
+    lcz = background()
+    lcz[10:30, 10:30] = 2
+    out = lcz_filter(lcz, 100)
+    assert (out[12:28, 12:28] == 2).all()
+    assert (out[:5] == 14).all() and (out[:, :5] == 14).all()
+
+
+def test_narrow_river_survives_water_has_the_smallest_kernel():
+    lcz = background()
+    lcz[:, 19] = 17
+    out = lcz_filter(lcz, 100)
+    assert (out[:, 19] == 17).all()
+    # The same one-cell line of a built class (300 m kernel) is absorbed by its surroundings.
+    lcz[:, 19] = 6
+    assert (lcz_filter(lcz, 100)[:, 19] == 14).all()
+
+
+def test_nodata_stays_nodata_and_does_not_vote():
+    lcz = np.zeros((40, 40), np.uint8)
+    lcz[20, 20] = 2  # an isolated cell among nodata keeps its class: nodata casts no vote
+    lcz[30:, :] = 14
+    out = lcz_filter(lcz, 100)
+    assert out[20, 20] == 2
+    assert (out[lcz == 0] == 0).all()
+    assert (out[lcz > 0] > 0).all()
+
+
+def test_kernel_scales_with_resolution():
+    assert filter_kernel_px(2, 100) == (1.5, 3)
+    assert filter_kernel_px(2, 50) == (3.0, 6)
+    assert filter_kernel_px(8, 100) == (2.5, 5)
+
+
+def test_classify_takes_argmax_and_masks_aoi_and_missing():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(17), size=(6, 5)).transpose(2, 0, 1).astype(np.float32)
+    probs[:, 0, 0] = np.nan
+    mask = np.ones((6, 5), bool)
+    mask[5, 4] = False
+    lcz, chosen = classify(probs, mask)
+    expected = probs.argmax(axis=0) + 1
+    assert lcz[0, 0] == 0 and lcz[5, 4] == 0 and chosen[0, 0] == 0
+    inside = mask & (lcz > 0)
+    assert (lcz[inside] == expected[inside]).all()
+    assert np.allclose(chosen[inside], np.rint(100 * probs.max(axis=0)[inside]))
+
+
+@pytest.fixture
+def utm_box():
+    return GeoBox.from_bbox((500000, 4150000, 503000, 4154000), "EPSG:32652", resolution=100)
+
+
+def test_cog_is_valid_and_carries_metadata(tmp_path, utm_box):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 18, (3, *utm_box.shape), dtype=np.uint8)
+    path = tmp_path / "lcz.tif"
+    write_cog(path, data, utm_box, ["lcz", "lczFilter", "lczProbability"], nodata=0,
+              tags={"model": "m", "LCZ_COLOURS": colour_tag()}, band_tags=[{"kind": "class"}, {}, {}])
+    valid, errors, _ = cog_validate(str(path), quiet=True)
+    assert valid, errors
+    with rasterio.open(path) as src:
+        assert (src.read() == data).all()
+        assert src.descriptions == ("lcz", "lczFilter", "lczProbability")
+        assert src.nodata == 0 and src.crs.to_epsg() == 32652 and src.transform == utm_box.affine
+        assert src.tags()["model"] == "m" and src.tags(1)["kind"] == "class"
+        colours = dict(item.split(":") for item in src.tags()["LCZ_COLOURS"].split(","))
+        assert colours == {str(c.code): c.colour for c in lcz_classes()}
+
+
+def test_lonlat_reprojection_keeps_codes_and_area(utm_box):
+    lcz = background(shape=utm_box.shape)
+    lcz[:, :15] = 2
+    lcz[:5] = 0
+    dst = lonlat_geobox(utm_box)
+    assert dst.crs.epsg == 4326
+    out = reproject_nearest(lcz[None], utm_box, dst, nodata=0)[0]
+    assert set(np.unique(out)) <= {0, 2, 14}
+    # Square degree pixels of about the same ground size: the class shares are kept within a few %.
+    share = lambda a, code: (a == code).sum() / (a > 0).sum()  # noqa: E731
+    assert abs(share(out, 2) - share(lcz, 2)) < 0.03
+
+
+def test_class_areas_add_up():
+    lcz = background(shape=(10, 10))
+    lcz[:5] = 2
+    lcz[0, 0] = 0
+    mask = np.ones((10, 10), bool)
+    mask[9] = False  # a row outside the AOI is not counted
+    s = class_areas(lcz, mask, 100)
+    assert s["classes"]["2"]["km2"] == pytest.approx(0.49)
+    assert s["classes"]["14"]["km2"] == pytest.approx(0.40)
+    assert sum(c["percent"] for c in s["classes"].values()) == pytest.approx(100)
+    assert s["nodata_share"] == pytest.approx(1 / 90, abs=1e-4)
+
+
+def test_quicklook_png(tmp_path, utm_box):
+    lcz = background(shape=utm_box.shape)
+    lcz[:, :10] = 2
+    path = tmp_path / "q.png"
+    quicklook(lcz, utm_box, path, title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert nice_length(16000) == 2000 and nice_length(3000) == 500
