@@ -30,11 +30,13 @@ def child(config: str, out: str, workers: int, chunk: int, cores: int | None) ->
     t1 = time.perf_counter()
     cli.main(["-q", "stage", "--config", config, "--out", out, "--workers", str(workers), "--chunk", str(chunk)], standalone_mode=False)
     t2 = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     report = json.loads(Path(out + ".report.json").read_text())
     print(json.dumps({
         "import_s": t1 - t0,
         "stage_s": t2 - t1,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
         "shape": report["grid"]["shape"],
         "buildings": report["sources"].get("osm", {}).get("buildings"),
     }))
@@ -79,10 +81,10 @@ def main() -> None:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append((size, wall, result))
         print(f"lczmap stage, chunk {args.chunk}, {args.workers} workers on {args.cores} cores")
-        print(f"{'city':>6} {'base grid px':>14} {'buildings':>10} {'stage s':>8} {'process s':>10} {'peak RSS MB':>12}")
+        print(f"{'city':>6} {'base grid px':>14} {'buildings':>10} {'stage s':>8} {'process s':>10} {'CPU s':>7} {'peak RSS MB':>12}")
         for size, wall, r in rows:
             shape = f"{r['shape'][0]} x {r['shape'][1]}"
-            print(f"{size:>4g}km {shape:>14} {r['buildings'] or 0:>10} {r['stage_s']:>8.1f} {wall:>10.1f} {r['peak_rss_mb']:>12.0f}")
+            print(f"{size:>4g}km {shape:>14} {r['buildings'] or 0:>10} {r['stage_s']:>8.1f} {wall:>10.1f} {r['cpu_s']:>7.1f} {r['peak_rss_mb']:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def read_lcz_band(path: Path, band: str | int | None = None) -> tuple[np.ndarray
     return codes, transform, crs, info
 
 
-def _code(value: Any) -> int:
+def reference_code(value: Any) -> int:
     """An LCZ code from an integer-like value or a letter/number label ('A', '10', 'LCZ 2', 104)."""
     text = str(value).strip().upper().removeprefix("LCZ").strip()
     if text in _LETTERS:
@@ -94,14 +94,13 @@ def _code(value: Any) -> int:
     return int(normalise_codes(np.array([int(number)]))[0]) if number == int(number) else -1
 
 
-def polygon_samples(map_codes: np.ndarray, transform, crs, reference: Path, column: str) -> tuple[Samples, dict[str, Any]]:
-    """Per polygon: its class and the map pixels (centre inside the polygon) of each predicted class.
-
-    Polygons are reprojected to the map's CRS; where polygons overlap, the later one in the file owns the pixel.
-    """
+def read_reference(reference: Path, column: str, crs) -> tuple[Any, np.ndarray]:
+    """(polygons reprojected to `crs`, their LCZ codes) of a training-area file; GeoJSON without a CRS is EPSG:4326."""
     import geopandas as gpd
-    from rasterio.features import rasterize
 
+    reference = Path(reference)
+    if not reference.exists():
+        raise LczmapError(f"{reference}: reference file does not exist")
     try:
         frame = gpd.read_file(reference)
     except Exception as exc:  # pyogrio raises several types; the user needs the file and the reason
@@ -116,11 +115,21 @@ def polygon_samples(map_codes: np.ndarray, transform, crs, reference: Path, colu
             raise LczmapError(f"{reference}: reference polygons have no CRS")
         frame = frame.set_crs("EPSG:4326")
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
-    codes = np.array([_code(v) for v in frame[column]])
+    codes = np.array([reference_code(v) for v in frame[column]], np.int64)
     bad = (codes < 1) | (codes > N_CLASSES)
     if bad.any():
         raise LczmapError(f"{reference}: column {column} value {frame[column].iloc[int(np.argmax(bad))]!r} is not an LCZ class (1-17, A-G or 101-107)")
-    frame = frame.to_crs(crs)
+    return frame.to_crs(crs), codes
+
+
+def polygon_samples(map_codes: np.ndarray, transform, crs, reference: Path, column: str) -> tuple[Samples, dict[str, Any]]:
+    """Per polygon: its class and the map pixels (centre inside the polygon) of each predicted class.
+
+    Polygons are reprojected to the map's CRS; where polygons overlap, the later one in the file owns the pixel.
+    """
+    from rasterio.features import rasterize
+
+    frame, codes = read_reference(reference, column, crs)
     ids = rasterize(
         ((geom, i + 1) for i, geom in enumerate(frame.geometry)), out_shape=map_codes.shape,
         transform=transform, fill=0, dtype="int32",
@@ -260,11 +269,13 @@ def evaluate_model(
     """Score a trained model (folder or name) on a patch dataset in any supported format; writes JSON + PNG."""
     from .card import load_card, load_model
     from .train.datasets import open_source
-    from .train.sequence import PatchSequence, model_layout, needs_image
-    from .train.trainer import predict_codes
 
     card = load_card(model)
     source = open_source(data, split=split, partition=partition)
+    # Keras is imported only once the inputs are known to be good.
+    from .train.sequence import PatchSequence, model_layout, needs_image
+    from .train.trainer import predict_codes
+
     net = load_model(card)
     image = needs_image(net)
     band_index = None

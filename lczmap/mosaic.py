@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from xml.sax.saxutils import quoteattr
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -124,7 +125,28 @@ def colour_tag() -> str:
     """The WUDAPT colour table as a tag value, 'code:#rrggbb,...'.
 
     TIFF embeds a colour table only in single-band files (GDAL refuses it for multi-band ones), so the
-    multi-band LCZ map carries its colours in this tag and the quicklook shows them.
+    multi-band LCZ map carries its colours in this tag, in a QGIS style beside it and in the quicklook.
     """
     return ",".join(f"{c.code}:{c.colour}" for c in lcz_classes())
+
+
+def qgis_style(band: int) -> str:
+    """A QGIS layer style (.qml) drawing class band `band` in the WUDAPT colours; QGIS applies `<stem>.qml` itself."""
+    entries = "\n".join(
+        f'        <paletteEntry value="{c.code}" color="{c.colour.lower()}" alpha="255" label={quoteattr(f"LCZ {c.lcz} {c.name}")}/>'
+        for c in lcz_classes()
+    )
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="{band}" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+    <rasterresampler maxOversampling="2"/>
+  </pipe>
+</qgis>
+"""
 

@@ -226,6 +226,7 @@ def output_paths(out: Path) -> dict[str, Path]:
         "probabilities": out.with_name(f"{out.stem}_probabilities.tif"),
         "summary": out.with_name(f"{out.stem}.summary.json"),
         "quicklook": out.with_name(f"{out.stem}.png"),
+        "style": out.with_name(f"{out.stem}.qml"),
     }
 
 
@@ -272,8 +273,8 @@ def write_outputs(
     Band order as the LCZ Generator's: lcz, lczFilter (unless filter=False), lczProbability; uint8, 0 =
     nodata. Everything is written under temporary names and renamed at the end. Returns the summary.
     """
-    from .mosaic import (PROBABILITY_NODATA, classify, colour_tag, lcz_filter, lonlat_geobox, reproject_nearest,
-                         to_percent, write_cog)
+    from .mosaic import (PROBABILITY_NODATA, classify, colour_tag, lcz_filter, lonlat_geobox, qgis_style,
+                         reproject_nearest, to_percent, write_cog)
     from .report import quicklook
 
     out = check_output(out)
@@ -295,10 +296,11 @@ def write_outputs(
     if box is not src_box:
         bands = reproject_nearest(bands, src_box, box, nodata=0)
     tags = _tags(plan)
-    wanted = ["map", "summary", "quicklook"] + (["probabilities"] if probabilities_file else [])
+    wanted = ["map", "summary", "quicklook", "style"] + (["probabilities"] if probabilities_file else [])
     with _atomic_files([paths[k] for k in wanted]) as tmps:
         tmp = dict(zip(wanted, tmps))
         write_cog(tmp["map"], bands, box, names, nodata=0, tags={**tags, "LCZ_COLOURS": colour_tag()})
+        tmp["style"].write_text(qgis_style(band=names.index("lczFilter" if filter else "lcz") + 1))
         if probabilities_file:
             cube = np.where(np.isnan(probabilities) | ~plan.aoi_mask, np.nan, probabilities)
             pct = np.where(np.isnan(cube), PROBABILITY_NODATA, to_percent(cube))

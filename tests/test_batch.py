@@ -199,6 +199,7 @@ def killed_and_resumed(workspace, client):
     return {"out": out, "done_at_kill": done_at_kill, "kept": kept, "second": second, "manifest": read_manifest(out)}
 
 
+@pytest.mark.slow
 def test_batch_maps_every_city_and_names_the_broken_one(killed_and_resumed):
     run, out = killed_and_resumed, killed_and_resumed["out"]
     assert run["second"].returncode == 1
@@ -217,6 +218,7 @@ def test_batch_maps_every_city_and_names_the_broken_one(killed_and_resumed):
     assert not list(out.glob(".*.tmp"))  # the stale temporary file is gone
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_redoing_finished_cities(killed_and_resumed):
     run, out = killed_and_resumed, killed_and_resumed["out"]
     cities = run["manifest"]["cities"]
@@ -228,6 +230,7 @@ def test_a_killed_run_resumes_without_redoing_finished_cities(killed_and_resumed
     assert {n for n in CITIES if cities[n]["status"] == "done"} == set(CITIES) - run["done_at_kill"]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_does_not_lose_the_run(workspace, client, killed_and_resumed):
     """SIGKILL the worker running a city's block: Dask reruns it elsewhere and the map is the same."""
     pids = client.run(os.getpid)

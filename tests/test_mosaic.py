@@ -125,3 +125,15 @@ def test_quicklook_png(tmp_path, utm_box):
     quicklook(lcz, utm_box, path, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert nice_length(16000) == 2000 and nice_length(3000) == 500
+
+
+def test_qgis_style_draws_the_class_band_in_wudapt_colours():
+    import xml.etree.ElementTree as ET
+
+    from lczmap.mosaic import qgis_style
+
+    root = ET.fromstring(qgis_style(band=2))
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer.get("type") == "paletted" and renderer.get("band") == "2"
+    entries = {int(e.get("value")): e.get("color") for e in renderer.iter("paletteEntry")}
+    assert entries == {c.code: c.colour.lower() for c in lcz_classes()}

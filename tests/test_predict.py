@@ -112,6 +112,7 @@ def test_summary_and_quicklook(plan, mapped):
     assert summary["model"]["weights_sha256"] == plan.card.weights_sha256
     assert summary["grid"]["transform"] == list(plan.grid.output.affine)[:6]
     assert paths["quicklook"].read_bytes()[:4] == b"\x89PNG"
+    assert 'band="2"' in paths["style"].read_text()  # QGIS draws lczFilter in the WUDAPT colours
     assert not list(out.parent.glob(".*tmp"))
 
 

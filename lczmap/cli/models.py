@@ -63,6 +63,10 @@ def models_cmd(as_json: bool) -> None:
     for n in networks:
         shape = "x".join(map(str, n["input_shape"]))
         click.echo(f"  {n['name']:<11} {shape:<13} {n['params']:>10,}  {n['description']}")
+    click.echo("  Input shapes are the papers'; patch networks accept any patch size and band count.")
+    for n in networks:
+        if not n["inputs"].startswith("patch"):
+            click.echo(f"  {n['name']} input: {n['inputs']}")
     click.echo("")
     if not cards:
         click.echo("Trained models: none found (set LCZMAP_MODELS or train one with `lczmap train`).")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from . import cli
@@ -22,6 +24,10 @@ def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution:
     each source's CRS, resolution, AOI coverage and the Sentinel-2 cloud fraction. Re-running the same
     command after an interruption resumes a Zarr store where it stopped.
     """
+    # Bound GDAL's block cache (default: 5 % of RAM) before the first read, so memory stays flat with city size;
+    # decoded Sentinel-2 blocks of cities up to ~30 km fit, so each JP2 tile is still decoded once.
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
+
     from ..aoi import read_aoi
     from ..config import load_city_config
     from ..grid import city_grid

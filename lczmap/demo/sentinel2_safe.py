@@ -18,6 +18,7 @@ from .scene import CELL_PX, Scene
 from .spectra import CLOUD_REFLECTANCE, S2_BANDS, reflectance_table, worldcover_table
 
 SENSING_TIME = "021529"
+OVERPASS_UTC_HOURS = 2.25  # 02:15 UTC, mid-morning local time in Korea and Western Australia
 BOA_QUANTIFICATION = 10000
 BOA_OFFSET = -1000
 BANDS_10M = ("B02", "B03", "B04", "B08")
@@ -198,7 +199,7 @@ def write_sentinel2(
     grid = s2_grid(scene, rng)
     refl, height10, wc10 = aggregate(scene, grid)
     names = product_names(layout)
-    sun_az, sun_el = sun_position(layout.place, layout.date, 2.25)
+    sun_az, sun_el = sun_position(layout.place, layout.date, OVERPASS_UTC_HOURS)
 
     if psf_sigma > 0:  # the instrument's point spread function blurs neighbouring pixels together
         for k in range(refl.shape[0]):

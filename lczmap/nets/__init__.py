@@ -6,6 +6,7 @@ Keras is imported only when a network is built, so `lczmap.nets.graphs` and the 
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,16 @@ NETWORKS: dict[str, Network] = {
 def _builders() -> dict[str, Callable[..., Any]]:
     from . import df4lcz, msmla, sen2lcz
 
-    def msmla18(shape, cbam: str = "released", widths: Sequence[int] = (16, 32, 64)):
-        return msmla.msmla(shape, 18, cbam, widths)
+    def msmla_depth(depth: int):
+        def builder(shape, cbam: str = "released", widths: Sequence[int] = (16, 32, 64)):
+            if len(widths) != 3 or min(widths) < 1:
+                raise LczmapError(f"network option widths={list(widths)}: MSMLA needs 3 positive stage widths")
+            return msmla.msmla(shape, depth, cbam, tuple(int(w) for w in widths))
 
-    def msmla50(shape, cbam: str = "released", widths: Sequence[int] = (16, 32, 64)):
-        return msmla.msmla(shape, 50, cbam, widths)
+        return builder
+
+    def s2(shape):
+        return df4lcz.s2_stream(shape)
 
     def gcn(shape, units: int = 32, n_layers: int = 3):
         return df4lcz.gcn_stream(shape[0], shape[1], units, n_layers)
@@ -68,7 +74,7 @@ def _builders() -> dict[str, Callable[..., Any]]:
             raise LczmapError(f"input shape {shape}: Sen2LCZ-Net pools three times, so the patch must be at least 8 px")
         return sen2lcz.sen2lcz(shape, depth, width, fusion, dropout)
 
-    return {"msmla18": msmla18, "msmla50": msmla50, "df4lcz_s2": df4lcz.s2_stream, "df4lcz_gcn": gcn,
+    return {"msmla18": msmla_depth(18), "msmla50": msmla_depth(50), "df4lcz_s2": s2, "df4lcz_gcn": gcn,
             "df4lcz": df4lcz_fused, "sen2lcz": sen2}
 
 
@@ -81,7 +87,7 @@ def build(name: str, input_shape: Sequence[int] | None = None, **options: Any) -
     if name not in NETWORKS:
         raise LczmapError(f"network {name!r}: unknown (known networks: {', '.join(NETWORKS)})")
     shape = tuple(NETWORKS[name].default_shape if input_shape is None else input_shape)
-    if len(shape) != len(NETWORKS[name].default_shape) or not all(isinstance(s, int | float) and int(s) == s and s > 0 for s in shape):
+    if len(shape) != len(NETWORKS[name].default_shape) or not all(isinstance(s, numbers.Real) and int(s) == s and s > 0 for s in shape):
         raise LczmapError(
             f"input shape {shape} for {name}: expected {len(NETWORKS[name].default_shape)} positive integers "
             f"({NETWORKS[name].inputs}, e.g. {NETWORKS[name].default_shape})"

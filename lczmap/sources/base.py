@@ -8,6 +8,7 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,7 @@ def warp(
     value whichever chunk or block it is read in: staged chunks and prediction blocks never disagree.
     """
     try:
-        src = _dataset(href)
-        with WarpedVRT(
+        with _dataset(href) as src, WarpedVRT(
             src,
             crs=geobox.crs.wkt,
             transform=geobox.affine,
@@ -180,26 +180,47 @@ def warp(
         raise LczmapError(f"{href}: cannot read ({_first_line(exc)})") from None
 
 
-_local = threading.local()
-_MAX_OPEN = 32
+_MAX_OPEN = 64
 
 
+class _Handle:
+    """One open dataset, a lock so one thread reads it at a time, and how many threads hold it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.lock = threading.Lock()
+        self.users = 0
+
+
+_handles: OrderedDict = OrderedDict()  # key -> _Handle, most recently used last
+_handles_lock = threading.Lock()
+
+
+@contextmanager
 def _dataset(href: str):
-    """This thread's open handle on `href`, kept between chunks so GDAL's block cache spares re-decoding (JP2 tiles).
+    """The process's open handle on `href`, used by one thread at a time.
 
-    Keyed by file size and time too: a file rewritten in place is reopened, never read stale.
+    Handles stay open between chunks so that GDAL's block cache holds decoded blocks (JP2 tiles are costly
+    to decode) and each block is decoded once per process, not once per chunk or per thread. A file
+    rewritten in place (new size or time) gets a new handle, never stale data.
     """
-    cache: OrderedDict = getattr(_local, "datasets", None) or OrderedDict()
-    _local.datasets = cache
     key = href if is_remote(href) else (href, *_stamp(href))
-    ds = cache.pop(key, None)
-    if ds is None or ds.closed:
-        with rasterio.Env(**(REMOTE_ENV if is_remote(href) else {})):
-            ds = rasterio.open(href)
-    cache[key] = ds
-    while len(cache) > _MAX_OPEN:
-        cache.popitem(last=False)[1].close()
-    return ds
+    with _handles_lock:
+        handle = _handles.pop(key, None)
+        if handle is None:
+            with rasterio.Env(**(REMOTE_ENV if is_remote(href) else {})):
+                handle = _Handle(rasterio.open(href))
+        _handles[key] = handle
+        handle.users += 1
+        for old in list(_handles)[: max(0, len(_handles) - _MAX_OPEN)]:
+            if _handles[old].users == 0:  # never close a handle another thread holds
+                _handles.pop(old).dataset.close()
+    try:
+        with handle.lock:
+            yield handle.dataset
+    finally:
+        with _handles_lock:
+            handle.users -= 1
 
 
 def _stamp(href: str) -> tuple[int, int]:
