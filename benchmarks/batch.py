@@ -2,14 +2,16 @@
 
     python benchmarks/batch.py [--size-km 4] [--workers 2] [--model NAME_OR_DIR] [--keep DIR]
 
-Both runs start cold (the model is loaded in this process, or in each worker); the batch time includes
-starting its LocalCluster. Without --model the shipped model is used, or a random-weights msmla18 when
+Both runs start cold (TensorFlow is imported and the model loaded in this process, or in each worker);
+the batch time includes starting its LocalCluster. Without --model the shipped model is used, or a random-weights msmla18 when
 none is installed yet (the timing is the same: the network's size, not its weights, sets it).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -59,9 +61,14 @@ def main() -> None:
             try:
                 model = str(load_card().folder)
             except LczmapError:
-                model = str(random_model(root / "random-model"))
+                # built in a child process, so that this one starts as cold as the batch's workers
+                child = multiprocessing.get_context("spawn").Process(target=random_model, args=(root / "random-model",))
+                child.start()
+                child.join()
+                model = str(root / "random-model")
         configs = {n: generate(root / "cities" / n, seed=i, size_km=args.size_km) for i, n in enumerate(CITIES, 1)}
 
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         for name, config in configs.items():
             (root / "sequential").mkdir(exist_ok=True)
@@ -87,7 +94,8 @@ def main() -> None:
                 same &= bool(np.array_equal(a.read(1), b.read(1)))
         with rasterio.open(root / "batch" / f"{CITIES[0]}.tif") as ds:
             shape = ds.shape
-        print(f"3 demo cities of {args.size_km:g} km ({shape[0]} x {shape[1]} cells each), model {load_card(model).name}")
+        print(f"3 demo cities of {args.size_km:g} km ({shape[0]} x {shape[1]} cells each), model {load_card(model).name}, "
+              f"{os.cpu_count()} cores, load average {load:.1f} at the start")
         print(f"sequential predict_city (threaded):  {sequential:7.1f} s")
         print(f"batch on {args.workers} workers (LocalCluster):  {batch:7.1f} s  (cluster start {started:.1f} s)")
         print(f"ratio sequential / batch:            {sequential / batch:7.2f}")

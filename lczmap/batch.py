@@ -15,8 +15,8 @@ Unknown keys, duplicate names, an entry without `config` or an option of the wro
 before anything is done (one line naming the key). A city whose config is missing or broken, or that
 fails while planning, computing or writing, is a failed city: the others go on, the exit code is 1.
 
-Outputs in `output_dir`: per city what `lczmap predict` writes (`<name>.tif`, `<name>.summary.json`,
-`<name>.png`, with `probabilities: true` also `<name>_probabilities.tif`), and `manifest.json`, rewritten
+Outputs in `output_dir`: per city what `lczmap predict --out <name>.tif` writes (the map, its summary JSON,
+quicklook and QGIS style; with `probabilities: true` also `<name>_probabilities.tif`), and `manifest.json`, rewritten
 atomically after each city, with each city's status (`done`, `skipped`, `failed` with its error,
 `pending` while not finished), timings, options and the tif's sha256. Running the same pipeline again
 skips every city whose tif still has the sha256 the manifest recorded (and whose config and options are
@@ -34,7 +34,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,27 +191,38 @@ def is_finished(job: CityJob, entry: dict[str, Any] | None, output_dir: Path) ->
 
 
 @contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
-    """A client of the cluster at `scheduler`, or of a new LocalCluster of `workers` single-threaded processes."""
-    from distributed import Client, LocalCluster
+def dask_client(workers: int | None = None, scheduler: str | None = None,
+                gpus: Sequence[str] | None = None) -> Iterator[Any]:
+    """A client of the cluster at `scheduler`, or of a new local cluster of single-threaded worker processes.
+
+    The local cluster has `workers` processes (default: one per core), or, with `gpus` (CUDA device
+    ids), one process per GPU that sees only its own GPU (CUDA_VISIBLE_DEVICES).
+    """
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
     # Importing distributed resets its loggers to INFO; keep its chatter out of the command's output.
     logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("lczmap").getEffectiveLevel()))
     if scheduler:
         try:
-            client = Client(scheduler, timeout="30s")
+            client = Client(scheduler)  # waits distributed.comm.timeouts.connect (30 s) for it
         except OSError as exc:
             raise LczmapError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
         with client:
             yield client
         return
     cores = os.cpu_count() or 1
-    n = workers or cores
+    n = len(gpus) if gpus else workers or cores
     # One Dask thread per process: a worker runs one model call at a time anyway (lczmap.inference), so
     # the parallelism is in processes, and each worker's TensorFlow gets its share of the cores.
     env = {"TF_NUM_INTRAOP_THREADS": str(max(1, cores // n)), "TF_NUM_INTEROP_THREADS": "1"}
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env) as cluster, Client(cluster) as client:
-        log.info("Dask LocalCluster with %d workers (dashboard %s)", n, client.dashboard_link)
+    if gpus:
+        specs = {f"gpu{g}": {"cls": Nanny, "options": {"nthreads": 1, "env": {**env, "CUDA_VISIBLE_DEVICES": str(g)}}}
+                 for g in gpus}
+        cluster = SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": ":8787"}}, workers=specs)
+    else:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env)
+    with cluster, Client(cluster) as client:
+        log.info("Dask local cluster with %d workers (dashboard %s)", n, client.dashboard_link)
         yield client
 
 
@@ -231,64 +242,67 @@ def run_batch(
     *,
     workers: int | None = None,
     scheduler: str | None = None,
+    gpus: Sequence[str] | None = None,
     client: Any = None,
     on_city: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Map every city of `pipeline` on one Dask cluster and return the final manifest.
 
-    The cluster is `client`'s, or the one at `scheduler`, or a new LocalCluster of `workers` processes.
+    The cluster is `client`'s, or the one at `scheduler`, or a new local one (see `dask_client`).
     Every city is planned first, then all cities' block graphs are submitted at once, so small cities
     never leave workers idle; each city is written on this machine as soon as its blocks are done.
     `on_city(name, entry)` is called as each city is skipped, fails or is done.
     """
+    from distributed import as_completed
+
     from .config import load_city_config
     from .predict import block_tasks, plan_city, write_outputs
 
-    out = pipeline.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f".{MANIFEST}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    previous = read_manifest(out).get("cities", {})
-    manifest: dict[str, Any] = {
-        "pipeline": str(pipeline.path), "lczmap_version": __version__, "started": _now(), "cities": {},
-    }
-    cities = manifest["cities"]
-
-    def record(name: str, entry: dict[str, Any]) -> None:
-        cities[name] = entry
-        write_manifest(out, manifest)
-        if on_city is not None:
-            on_city(name, entry)
-
-    def fail(job: CityJob, exc: BaseException, seconds: dict[str, float]) -> None:
-        log.debug("city %s failed:\n%s", job.name, "".join(traceback.format_exception(exc)))
-        record(job.name, {"status": "failed", "error": _error_text(exc), "options": job.fingerprint(),
-                          "seconds": seconds, "finished": _now()})
-
-    plans: dict[str, tuple[CityJob, Any]] = {}
-    for job in pipeline.cities:
-        entry = previous.get(job.name)
-        if is_finished(job, entry, out):
-            record(job.name, {**entry, "status": "skipped"})
-            continue
-        remove_stale_temporaries(out, job.name)
-        t0 = time.perf_counter()
-        plan_options = {k: v for k, v in job.options.items() if k not in WRITE_OPTIONS}
-        try:
-            plans[job.name] = (job, plan_city(load_city_config(job.config, name=job.name), **plan_options))
-        except Exception as exc:  # any planning error fails this city only; the batch goes on
-            fail(job, exc, {"plan": round(time.perf_counter() - t0, 3)})
-            continue
-        cities[job.name] = {"status": "pending", "options": job.fingerprint()}
-    write_manifest(out, manifest)
-    if not plans:
-        return manifest
-
-    from distributed import as_completed
-
     with contextlib.ExitStack() as stack:
+        if client is None and scheduler:  # an unreachable cluster stops the run before anything is written
+            client = stack.enter_context(dask_client(scheduler=scheduler))
+        out = pipeline.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{MANIFEST}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        previous = read_manifest(out).get("cities", {})
+        manifest: dict[str, Any] = {
+            "pipeline": str(pipeline.path), "lczmap_version": __version__, "started": _now(), "cities": {},
+        }
+        cities = manifest["cities"]
+
+        def record(name: str, entry: dict[str, Any]) -> None:
+            cities[name] = entry
+            write_manifest(out, manifest)
+            if on_city is not None:
+                on_city(name, entry)
+
+        def fail(job: CityJob, exc: BaseException, seconds: dict[str, float]) -> None:
+            log.debug("city %s failed:\n%s", job.name, "".join(traceback.format_exception(exc)))
+            record(job.name, {"status": "failed", "error": _error_text(exc), "options": job.fingerprint(),
+                              "seconds": seconds, "finished": _now()})
+
+        plans: dict[str, tuple[CityJob, Any]] = {}
+        for job in pipeline.cities:
+            entry = previous.get(job.name)
+            if is_finished(job, entry, out):
+                record(job.name, {**entry, "status": "skipped"})
+                continue
+            remove_stale_temporaries(out, job.name)
+            t0 = time.perf_counter()
+            plan_options = {k: v for k, v in job.options.items() if k not in WRITE_OPTIONS}
+            try:
+                plans[job.name] = (job, plan_city(load_city_config(job.config, name=job.name), **plan_options))
+            except Exception as exc:  # any planning error fails this city only; the batch goes on
+                fail(job, exc, {"plan": round(time.perf_counter() - t0, 3)})
+                continue
+            cities[job.name] = {"status": "pending", "options": job.fingerprint()}
+        write_manifest(out, manifest)
+        if not plans:
+            return manifest
+
         if client is None:
-            client = stack.enter_context(dask_client(workers, scheduler))
+            client = stack.enter_context(dask_client(workers, gpus=gpus))
         submitted = time.perf_counter()
         futures = {}
         for rank, (name, (_, plan)) in enumerate(plans.items()):

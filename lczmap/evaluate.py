@@ -104,7 +104,8 @@ def read_reference(reference: Path, column: str, crs) -> tuple[Any, np.ndarray]:
     try:
         frame = gpd.read_file(reference)
     except Exception as exc:  # pyogrio raises several types; the user needs the file and the reason
-        raise LczmapError(f"{reference}: cannot read reference polygons ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LczmapError(f"{reference}: cannot read reference polygons ({reason})") from None
     if frame.empty:
         raise LczmapError(f"{reference}: no reference polygons in the file")
     if column not in frame.columns:
@@ -118,7 +119,8 @@ def read_reference(reference: Path, column: str, crs) -> tuple[Any, np.ndarray]:
     codes = np.array([reference_code(v) for v in frame[column]], np.int64)
     bad = (codes < 1) | (codes > N_CLASSES)
     if bad.any():
-        raise LczmapError(f"{reference}: column {column} value {frame[column].iloc[int(np.argmax(bad))]!r} is not an LCZ class (1-17, A-G or 101-107)")
+        value = frame[column].iloc[int(np.argmax(bad))]
+        raise LczmapError(f"{reference}: column {column} value {value!r} is not an LCZ class (1-17, A-G or 101-107)")
     return frame.to_crs(crs), codes
 
 

@@ -6,6 +6,7 @@ import math
 from xml.sax.saxutils import quoteattr
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -77,9 +78,9 @@ def lcz_filter(lcz: np.ndarray, resolution: float) -> np.ndarray:
     return out
 
 
-def lonlat_geobox(geobox: GeoBox) -> GeoBox:
-    """An EPSG:4326 grid covering `geobox` with square pixels of about the same ground size."""
-    return geobox.to_crs("EPSG:4326", resolution="auto")
+def output_geobox(geobox: GeoBox, crs: Any) -> GeoBox:
+    """A grid in `crs` (e.g. EPSG:4326) covering `geobox` with square pixels of about the same ground size."""
+    return geobox.to_crs(crs, resolution="auto")
 
 
 def reproject_nearest(bands: np.ndarray, src: GeoBox, dst: GeoBox, nodata: int) -> np.ndarray:

@@ -83,16 +83,19 @@ class PredictPlan:
         return read_chunk(self.stage, base_rows, base_cols)[list(self.bands)]
 
     def graphs(self, cells: np.ndarray, rows: slice, cols: slice):
-        """DF4LCZ's segment graphs of the VHR windows of `cells` (block-relative (i, j)) of block rows x cols."""
+        """DF4LCZ's segment graphs of the VHR windows of `cells` (block-relative (i, j), row-major) of block rows x cols.
+
+        Reads only the strip of block rows the cells lie in, so VHR memory is bounded by the batch.
+        """
         from .nets.graphs import build_graphs
         from .sources import read_vhr_window
 
         vhr = next(s for s in self.stage.sources if s.key == "vhr")
-        patches = read_vhr_window(vhr, self.grid, rows, cols, self.card.patch_size)
-        width = cols.stop - cols.start
-        options = self.card.network_options
-        return build_graphs(patches[cells[:, 0] * width + cells[:, 1]],
-                            max_nodes=int(options.get("max_nodes", 50)))
+        first, last = int(cells[:, 0].min()), int(cells[:, 0].max())
+        strip = slice(rows.start + first, rows.start + last + 1)
+        patches = read_vhr_window(vhr, self.grid, strip, cols, self.card.patch_size)
+        index = (cells[:, 0] - first) * (cols.stop - cols.start) + cells[:, 1]
+        return build_graphs(patches[index], max_nodes=int(self.card.network_options.get("max_nodes", 50)))
 
 
 def demo_city(cache: str | Path | None = None) -> Path:
@@ -107,6 +110,8 @@ def demo_city(cache: str | Path | None = None) -> Path:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LczmapError(f"demo cache {root}: cannot be created ({exc.strerror}); set LCZMAP_CACHE to a writable folder") from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise LczmapError(f"demo cache {root}: not writable; set LCZMAP_CACHE to a writable folder")
         generate(folder, seed=DEMO_SEED, size_km=DEMO_SIZE_KM)
     return folder / CITY_YAML
 
@@ -178,7 +183,8 @@ def _vhr_stream(card: ModelCard, config: CityConfig, wanted: bool | None) -> boo
         raise LczmapError(f"model {card.name}: the VHR stream needs a VHR image (--vhr FILE or 'vhr' in city.yaml)")
     use = fused and config.vhr is not None and wanted is not False
     if fused and not use:
-        log.info("no VHR image: running the Sentinel-2 stream of %s alone (DF4LCZ without fusion)", card.name)
+        why = "no VHR image given" if config.vhr is None else "VHR stream switched off"
+        log.info("%s: running the Sentinel-2 stream of %s alone (DF4LCZ without fusion)", why, card.name)
     elif fused:
         log.info("VHR image given: running both DF4LCZ streams (Sentinel-2 and VHR segment graphs) and fusing them")
     elif config.vhr is not None:
@@ -273,7 +279,7 @@ def write_outputs(
     Band order as the LCZ Generator's: lcz, lczFilter (unless filter=False), lczProbability; uint8, 0 =
     nodata. Everything is written under temporary names and renamed at the end. Returns the summary.
     """
-    from .mosaic import (PROBABILITY_NODATA, classify, colour_tag, lcz_filter, lonlat_geobox, qgis_style,
+    from .mosaic import (PROBABILITY_NODATA, classify, colour_tag, lcz_filter, output_geobox, qgis_style,
                          reproject_nearest, to_percent, write_cog)
     from .report import quicklook
 
@@ -290,9 +296,7 @@ def write_outputs(
     names = ["lcz", *(["lczFilter"] if filter else []), "lczProbability"]
     bands = np.stack([lcz, *([filtered] if filter else []), chosen])
     src_box = plan.grid.output
-    box = src_box
-    if plan.out_crs != plan.grid.crs:
-        box = lonlat_geobox(src_box) if plan.out_crs.geographic else src_box.to_crs(plan.out_crs)
+    box = src_box if plan.out_crs == plan.grid.crs else output_geobox(src_box, plan.out_crs)
     if box is not src_box:
         bands = reproject_nearest(bands, src_box, box, nodata=0)
     tags = _tags(plan)

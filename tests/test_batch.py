@@ -78,6 +78,17 @@ def test_pipeline_problems_stop_before_anything_is_done(tmp_path, doc, message):
     assert not (tmp_path / "o").exists()  # nothing created
 
 
+def test_an_unreachable_scheduler_stops_the_run_before_anything_is_written(tmp_path):
+    import dask
+    import distributed  # noqa: F401  (loads its config defaults, which leaving dask.config.set must not remove)
+
+    pipe = write_pipeline(tmp_path / "p.yaml", {"output_dir": "o", "cities": [{"name": "a", "config": "a.yaml"}]})
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(LczmapError, match="--scheduler tcp://127.0.0.1:1: cannot connect"):
+        run_batch(load_pipeline(pipe), scheduler="tcp://127.0.0.1:1")
+    assert not (tmp_path / "o").exists()
+
+
 def test_shipped_pipeline_examples_are_valid():
     demo = load_pipeline(REPO / "pipelines" / "demo.yaml")
     example = load_pipeline(REPO / "pipelines" / "batch-example.yaml")
@@ -183,10 +194,10 @@ def killed_and_resumed(workspace, client):
     cmd = [str(LCZMAP), "batch", str(pipe), "--scheduler", client.scheduler.address]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: done_cities(out), 120, "the first city done in manifest.json")
-        first.send_signal(signal.SIGKILL)
+        wait_for(lambda: done_cities(out) or first.poll() is not None, 120, "the first city done in manifest.json")
+        assert first.poll() is None, f"the first run ended by itself: {first.communicate()[1][-2000:]}"
     finally:
-        first.kill()
+        first.kill()  # SIGKILL: no clean-up of any kind
         first.communicate()
     done_at_kill = done_cities(out)
     kept = {name: os.stat(out / f"{name}.tif") for name in done_at_kill}
@@ -251,3 +262,24 @@ def test_a_killed_worker_does_not_lose_the_run(workspace, client, killed_and_res
     with rasterio.open(workspace / "out-kill" / "alpha.tif") as got, \
             rasterio.open(killed_and_resumed["out"] / "alpha.tif") as want:
         np.testing.assert_array_equal(got.read(), want.read())
+
+
+def test_gpu_workers_each_see_only_their_own_gpu():
+    """--gpus: one worker process per listed device with CUDA_VISIBLE_DEVICES set (checked without GPUs)."""
+    from lczmap.batch import dask_client
+
+    with dask_client(gpus=["0", "2"]) as c:
+        seen = c.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()))
+    assert sorted(device for device, _ in seen.values()) == ["0", "2"]
+    assert len({pid for _, pid in seen.values()}) == 2  # separate processes
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--workers", "2", "--scheduler", "tcp://h:8786"], "exclude each other"),
+    (["--gpus", "0,x"], "--gpus 0,x: expected CUDA device numbers"),
+])
+def test_conflicting_cluster_options_are_refused(tmp_path, args, message):
+    pipe = write_pipeline(tmp_path / "p.yaml", {"output_dir": "o", "cities": [{"name": "a", "config": "a.yaml"}]})
+    result = CliRunner().invoke(cli, ["batch", str(pipe), *args])
+    assert result.exit_code == 1 and message in result.output
+    assert not (tmp_path / "o").exists()

@@ -37,7 +37,8 @@ def squares(k: int, size: int = 160, seed: int = 0) -> np.ndarray:
     cell = size // n
     for i in range(k):
         r, c = divmod(i, n)
-        img[r * cell + cell // 6:(r + 1) * cell - cell // 6, c * cell + cell // 6:(c + 1) * cell - cell // 6] = rng.integers(0, 150, 3)
+        top, left, side = r * cell + cell // 6, c * cell + cell // 6, cell - 2 * (cell // 6)
+        img[top:top + side, left:left + side] = rng.integers(0, 150, 3)
     return finish(img, seed)
 
 
@@ -169,23 +170,12 @@ def test_segment_anything_graphs():
     assert graphs.n_nodes[0] >= 5
 
 
-@pytest.fixture(scope="module")
-def demo_folder(request, tmp_path_factory):
-    demo = pytest.importorskip("lczmap.demo")
-    if not hasattr(demo, "generate"):
-        pytest.skip("the demo generator (lczmap.demo.generate) is not written yet")
-    try:
-        return request.getfixturevalue("demo_city")
-    except pytest.FixtureLookupError:  # tests/conftest.py (the shared demo_city fixture) not written yet
-        return demo.generate(tmp_path_factory.mktemp("demo") / "city", seed=1, size_km=3).parent
-
-
-def test_demo_vhr_image_gives_graphs(demo_folder):
+def test_demo_vhr_image_gives_graphs(demo_city_config):
     import rasterio
 
     from lczmap.config import load_city_config
 
-    city = load_city_config(demo_folder / "city.yaml")
+    city = load_city_config(demo_city_config)
     with rasterio.open(city.vhr) as src:
         rgb = src.read([1, 2, 3]).transpose(1, 2, 0)
     size = 160  # 320 m at 2 m, DF4LCZ's Google Earth patch footprint

@@ -17,7 +17,7 @@ def hand_matrix() -> np.ndarray:
     """
     pairs = [(1, 1)] * 6 + [(1, 2), (1, 11)] + [(2, 1)] + [(2, 2)] * 3
     pairs += [(11, 11)] * 4 + [(11, 14), (11, 15)] + [(15, 15), (15, 1)]
-    ref, pred = zip(*pairs)
+    ref, pred = zip(*pairs, strict=True)
     return metrics.confusion_matrix(np.array(ref), np.array(pred))
 
 

@@ -7,7 +7,7 @@ from odc.geo.geobox import GeoBox
 from rio_cogeo.cogeo import cog_validate
 
 from lczmap.classes import lcz_classes
-from lczmap.mosaic import (classify, colour_tag, filter_kernel_px, lcz_filter, lonlat_geobox, reproject_nearest,
+from lczmap.mosaic import (classify, colour_tag, filter_kernel_px, lcz_filter, output_geobox, reproject_nearest,
                            write_cog)
 from lczmap.report import class_areas, nice_length, quicklook
 
@@ -96,7 +96,7 @@ def test_lonlat_reprojection_keeps_codes_and_area(utm_box):
     lcz = background(shape=utm_box.shape)
     lcz[:, :15] = 2
     lcz[:5] = 0
-    dst = lonlat_geobox(utm_box)
+    dst = output_geobox(utm_box, "EPSG:4326")
     assert dst.crs.epsg == 4326
     out = reproject_nearest(lcz[None], utm_box, dst, nodata=0)[0]
     assert set(np.unique(out)) <= {0, 2, 14}

@@ -133,6 +133,7 @@ def test_pipeline_patch_equals_window_cut_by_hand_from_the_staged_stack(plan, de
         assert np.array_equal(got[k], np.nan_to_num(expected, nan=0.0))
 
 
+@pytest.mark.slow  # two fresh processes import Keras and load the model: ~20 s on 2 idle cores
 def test_same_result_with_two_worker_processes(plan, mapped):
     probs, _, _ = mapped
     assert block_tasks(plan).numblocks == (1, 2, 2)
@@ -232,3 +233,31 @@ def test_shipped_model_maps_an_unseen_city_as_well_as_its_card_says(tmp_path):
     oa = (lcz[both] == truth[both]).mean()
     assert both.sum() > 400
     assert oa >= card.metrics["validation"]["oa"] - 0.05, f"map OA {oa:.3f} vs card {card.metrics['validation']['oa']:.3f}"
+
+
+def test_df4lcz_fuses_the_vhr_stream_only_when_there_is_vhr(demo_city, tmp_path, caplog):
+    import keras
+
+    from lczmap.inference import predict_block
+    from lczmap.nets import build
+    from lczmap.stage import S2_BANDS
+
+    keras.utils.set_random_seed(1)
+    folder = tmp_path / "df4lcz"
+    folder.mkdir()
+    build("df4lcz", (32, 32, 10), alpha=0.6).save_weights(str(folder / "model.weights.h5"))
+    write_card(ModelCard(name="df", network="df4lcz", input_shape=(32, 32, 10), bands=S2_BANDS, mean=(0.08,) * 10,
+                         std=(0.05,) * 10, network_options={"alpha": 0.6}), folder)
+    config = load_city_config(demo_city / "city.yaml")
+    with caplog.at_level("INFO", logger="lczmap"):
+        s2_only = plan_city(config, folder, vhr=False, nodata_threshold=1.0)
+    assert "Sentinel-2 stream of df alone" in caplog.text and not s2_only.use_vhr
+    fused = plan_city(config, folder, nodata_threshold=1.0)
+    assert fused.use_vhr
+    rows, cols = slice(12, 15), slice(12, 15)
+    p_s2, p_fused = predict_block(s2_only, rows, cols), predict_block(fused, rows, cols)
+    assert not np.isnan(p_s2).any() and not np.isnan(p_fused).any()
+    # Fused = 0.6 * P_s2 + 0.4 * P_gcn, with P_gcn a distribution from the VHR segment graphs.
+    p_gcn = (p_fused - 0.6 * p_s2) / 0.4
+    assert np.allclose(p_gcn.sum(axis=0), 1, atol=1e-4) and (p_gcn > -1e-4).all()
+    assert not np.allclose(p_fused, p_s2, atol=1e-3)

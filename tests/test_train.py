@@ -159,7 +159,11 @@ def test_dihedral_gives_one_of_the_eight_symmetries():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Epoch 1 of msmla18 on 64 MSMLA-format patches, then a rerun with --epochs 2 that resumes."""
+    """Epoch 1 of msmla18 on 64 MSMLA-format patches, then a rerun with --epochs 2 that resumes.
+
+    The first run traces the Keras graph as real training does; the resumed one runs eagerly (--eager), which
+    checks that a checkpoint carries over between the modes and keeps the test fast.
+    """
     tmp = tmp_path_factory.mktemp("train")
     data = write_h5(tmp / "toy_train.h5", 64, 48, 13, 10, bands=STACK_BANDS)
     val = write_h5(tmp / "toy_val.h5", 32, 48, 13, 11, bands=STACK_BANDS)
@@ -168,7 +172,7 @@ def trained(tmp_path_factory):
     t0 = time.perf_counter()
     first = run(*args, "--epochs", "1")
     after_first = json.loads((out / "checkpoint" / "state.json").read_text())
-    second = run(*args, "--epochs", "2")
+    second = run(*args, "--epochs", "2", "--eager")
     return {"out": out, "val": val, "first": first, "second": second, "after_first": after_first,
             "seconds": time.perf_counter() - t0}
 
@@ -189,7 +193,8 @@ def test_training_writes_a_complete_model_folder(trained):
     assert t["class_counts"] == {"2": 16, "6": 16, "11": 16, "14": 16}
     assert set(t["class_weights"].values()) == {1.0}
     assert card["weights_sha256"] and card["lczmap_version"]
-    assert re.fullmatch(r"lczmap train --data \S+ --network msmla18 --out \S+ --val \S+ --epochs 2 --batch-size 8 --seed 3", card["command"])
+    want = r"lczmap train --data \S+ --network msmla18 --out \S+ --val \S+ --epochs 2 --batch-size 8 --seed 3 --eager"
+    assert re.fullmatch(want, card["command"]), card["command"]
     v = card["metrics"]["validation"]
     assert v["n"] == 32 and {"oa", "oa_u", "oa_bu", "oa_w", "kappa", "f1_weighted", "per_class"} <= set(v)
 
@@ -204,13 +209,15 @@ def test_resume_trains_only_the_missing_epoch(trained):
 
 
 def test_reloaded_model_beats_chance_and_matches_its_card(trained):
+    import keras
+
     from lczmap.card import load_card, load_model
 
     card = load_card(trained["out"])
     model = load_model(card)
     with h5py.File(trained["val"]) as f:
         x, codes = f["sen2"][:], f["label"][:].argmax(axis=1) + 1
-    pred = model.predict(card.normalise(x), verbose=0).argmax(axis=1) + 1
+    pred = keras.ops.convert_to_numpy(model(card.normalise(x), training=False)).argmax(axis=1) + 1
     oa = float((pred == codes).mean())
     assert oa == pytest.approx(card.metrics["validation"]["oa"])
     assert oa > 1 / len(TOY_CLASSES) + 0.1, f"validation OA {oa} is no better than chance"
@@ -227,12 +234,60 @@ def test_changed_run_in_same_folder_is_refused(trained, tmp_path):
 def test_graph_network_trains_on_ges2(tmp_path):
     folder = write_ges2(tmp_path / "ges2", n=24)
     out = tmp_path / "gcn"
-    result = run("train", "--data", str(folder), "--network", "df4lcz_gcn", "--epochs", "1", "--batch-size", "8", "--out", str(out))
+    result = run("train", "--data", str(folder), "--network", "df4lcz_gcn", "--epochs", "1", "--batch-size", "8", "--eager",
+                 "--out", str(out))
     assert result.exit_code == 0, result.output
     card = json.loads((out / "card.json").read_text())
     assert card["network"] == "df4lcz_gcn" and card["bands"] == [] and card["input_shape"] == [50, 5]
     assert card["training"]["n_train"] == 12 and card["training"]["n_validation"] == 6
     assert "partition_random" in card["training"]["split"]
+
+
+def test_city_samples_are_the_prediction_windows_of_reference_cells(demo_city_config, tmp_path):
+    import shapely
+
+    from lczmap.aoi import read_aoi
+    from lczmap.config import load_city_config
+    from lczmap.evaluate import read_reference
+    from lczmap.grid import city_grid
+    from lczmap.stage import BANDS, plan_stage, read_chunk
+    from lczmap.train.city_patches import sample_city
+
+    out = sample_city(demo_city_config, tmp_path / "city.h5", progress=False)
+    config = load_city_config(demo_city_config)
+    grid = city_grid(read_aoi(config.aoi), patch=48)
+    polygons, codes = read_reference(config.reference, config.reference_column, grid.crs.to_wkt())
+    with h5py.File(out) as f:
+        x, labels = f["sen2"], f["label"][:].argmax(axis=1) + 1
+        poly, cells = f["polygon"][:], f["cell"][:]
+        assert list(x.attrs["bands"]) == list(BANDS) and x.shape[1:] == (48, 48, 13) and x.dtype == np.float32
+        n_cells = sum(int(shapely.contains_xy(g, *grid.output.affine * (np.indices(grid.output.shape)[::-1] + 0.5)).sum())
+                      for g in polygons.geometry)
+        assert len(labels) + f.attrs["skipped_nodata"] == n_cells > 20
+        np.testing.assert_array_equal(labels, codes[poly])  # each patch has its polygon's class
+        centres = np.column_stack(grid.output.affine * (cells[:, 1] + 0.5, cells[:, 0] + 0.5))
+        assert all(polygons.geometry.iloc[p].contains(shapely.Point(c)) for p, c in zip(poly, centres, strict=True))
+        plan = plan_stage(config, grid)
+        h, w = grid.output.shape
+        for k in (0, len(labels) // 2, len(labels) - 1):  # the patch is what prediction reads for that cell
+            r, c = cells[k]
+            r0, c0 = min(r, h - 10), min(c, w - 10)  # a 10 x 10-cell block holding the cell, as prediction reads blocks
+            block = read_chunk(plan, *grid.window(slice(r0, r0 + 10), slice(c0, c0 + 10), 48))
+            dr, dc = (r - r0) * grid.factor, (c - c0) * grid.factor
+            np.testing.assert_array_equal(x[k], block[:, dr : dr + 48, dc : dc + 48].transpose(1, 2, 0))
+    mtime = out.stat().st_mtime_ns
+    assert sample_city(demo_city_config, out, progress=False) == out and out.stat().st_mtime_ns == mtime  # reused
+
+
+def test_train_on_a_city(demo_city_config, tmp_path):
+    out = tmp_path / "citymodel"
+    result = run("train", "--city", str(demo_city_config), "--epochs", "1", "--batch-size", "64", "--eager", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["bands"] == list(STACK_BANDS) and card["patch_size"] == 48
+    t = card["training"]
+    assert t["cities"] == [str(demo_city_config.resolve())] and "polygons" in t["split"]
+    assert (out / "samples").is_dir() and t["n_train"] + t["n_validation"] > 20
 
 
 @pytest.mark.parametrize(
@@ -260,3 +315,4 @@ def test_bad_input_gives_one_line_error(tmp_path, monkeypatch, args, message):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+    assert not (tmp_path / "m").exists()  # nothing half-written

@@ -11,12 +11,13 @@ from ..errors import LczmapError
 @cli.command("batch")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local Dask cluster, one thread each (default: one per CPU core; "
-                   "on a GPU machine, one per GPU).")
+              help="Worker processes of the local Dask cluster, one thread each (default: one per CPU core).")
+@click.option("--gpus", default=None, metavar="IDS",
+              help="GPU machines: one local worker per listed CUDA device (e.g. 0,1,2,3), each seeing only its own GPU.")
 @click.option("--scheduler", default=None,
               help="Use the running Dask cluster at this address (e.g. tcp://host:8786) instead of a local one.")
 @click.pass_context
-def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, scheduler: str | None) -> None:
+def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, gpus: str | None, scheduler: str | None) -> None:
     """Map many cities: PIPELINE is a YAML file with output_dir, optional predict options and a list of cities.
 
     Writes OUTPUT_DIR/<name>.tif (with its summary JSON and quicklook) per city and OUTPUT_DIR/manifest.json.
@@ -25,8 +26,11 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, scheduler:
     """
     from ..batch import load_pipeline, run_batch
 
-    if workers and scheduler:
-        raise LczmapError("--workers and --scheduler exclude each other: the running cluster has its own workers")
+    if sum(x is not None for x in (workers, gpus, scheduler)) > 1:
+        raise LczmapError("--workers, --gpus and --scheduler exclude each other: pick one way to get workers")
+    gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
+    if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
+        raise LczmapError(f"--gpus {gpus}: expected CUDA device numbers separated by commas, e.g. 0,1")
     plan = load_pipeline(pipeline)
     quiet = ctx.obj.get("quiet", False)
 
@@ -38,7 +42,7 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, scheduler:
             detail = "unchanged since the last run" if entry["status"] == "skipped" else f"{seconds:.1f} s"
             click.echo(f"{entry['status']:<8} {name} -> {plan.output_dir / entry['output']} ({detail})", err=True)
 
-    manifest = run_batch(plan, workers=workers, scheduler=scheduler, on_city=report)
+    manifest = run_batch(plan, workers=workers, gpus=gpu_ids, scheduler=scheduler, on_city=report)
     failed = [name for name, entry in manifest["cities"].items() if entry["status"] == "failed"]
     if failed:
         raise LczmapError(

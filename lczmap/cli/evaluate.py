@@ -15,18 +15,26 @@ def _fmt(value) -> str:
 
 
 @cli.command("evaluate")
-@click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None, help="LCZ GeoTIFF to score (codes 1-17 or 101-107, 0 nodata).")
-@click.option("--reference", type=click.Path(), default=None, help="Reference training-area polygons (any vector format, any CRS) or an LCZ raster.")
-@click.option("--column", default="lcz", show_default=True, help="Polygon attribute holding the LCZ class (1-17, A-G or 101-107).")
-@click.option("--band", default=None, help="Map band: a number or a band description [default: the band described lczFilter, else 1].")
-@click.option("--bootstrap", "draws", type=click.IntRange(min=1), default=25, show_default=True, help="Stratified 70/30 draws (by polygon; by pixel for a raster reference).")
+@click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
+              help="LCZ GeoTIFF to score (codes 1-17 or 101-107, 0 nodata).")
+@click.option("--reference", type=click.Path(), default=None,
+              help="Reference training-area polygons (any vector format, any CRS) or an LCZ raster.")
+@click.option("--column", default="lcz", show_default=True,
+              help="Polygon attribute holding the LCZ class (1-17, A-G or 101-107).")
+@click.option("--band", default=None,
+              help="Map band: a number or a band description [default: the band described lczFilter, else 1].")
+@click.option("--bootstrap", "draws", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Stratified 70/30 draws (by polygon; by pixel for a raster reference).")
 @click.option("--model", default=None, help="Model folder or name, scored on --data instead of a map.")
-@click.option("--data", type=click.Path(), default=None, help="Patch dataset for --model: So2Sat/MSMLA .h5 or a LCZC-GES2 folder.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Patch dataset for --model: So2Sat/MSMLA .h5 or a LCZC-GES2 folder.")
 @click.option("--split", default="test", show_default=True, help="LCZC-GES2 split scored with --model.")
-@click.option("--partition", default="random", show_default=True, help="LCZC-GES2 split file patches_split/partition_NAME.npz.")
+@click.option("--partition", default="random", show_default=True,
+              help="LCZC-GES2 split file patches_split/partition_NAME.npz.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the bootstrap draws.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Report JSON (a confusion-matrix PNG is written beside it) [default: <map>.evaluation.json, or ./<model>-<data>.evaluation.json].")
+              help="Report JSON (a confusion-matrix PNG is written beside it) "
+                   "[default: <map>.evaluation.json, or ./<model>-<data>.evaluation.json].")
 @click.pass_context
 def evaluate_cmd(ctx: click.Context, map_path, reference, column, band, draws, model, data, split, partition, seed, out) -> None:
     """Score an LCZ map against reference training areas (LCZ Generator procedure), or a model on test patches.

@@ -55,7 +55,8 @@ def models_cmd(as_json: bool) -> None:
         click.echo(json.dumps({
             "networks": networks,
             "models": [{"name": c.name, "network": c.network, "bands": list(c.bands), "patch_size": c.patch_size,
-                        "input_shape": list(c.input_shape), "folder": str(c.folder), "metrics": _without_matrices(c.metrics)} for c in cards],
+                        "input_shape": list(c.input_shape), "folder": str(c.folder),
+                        "metrics": _without_matrices(c.metrics)} for c in cards],
         }, indent=2, default=str))
         return
     click.echo("Networks (lczmap.nets.build):")

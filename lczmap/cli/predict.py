@@ -34,7 +34,7 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
     """
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter would break the progress bar
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quietens most of TensorFlow's C++ start-up logging
     from ..card import DEFAULT_MODEL
     from ..config import load_city_config
     from ..errors import LczmapError

@@ -31,8 +31,9 @@ def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution:
     from ..aoi import read_aoi
     from ..config import load_city_config
     from ..grid import city_grid
-    from ..stage import stack_format, stage_city, write_stack
+    from ..stage import limit_heap_retention, stack_format, stage_city, write_stack
 
+    limit_heap_retention()
     stack_format(out)  # refuse a bad --out before any input is read
     config = load_city_config(config_path, **city_overrides(kwargs))
     grid = city_grid(read_aoi(config.aoi), resolution=resolution)

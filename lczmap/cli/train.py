@@ -13,7 +13,6 @@ from ..nets import NETWORKS
 from . import cli
 
 
-
 def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
     """KEY=VALUE strings -> dict, values read as YAML scalars/lists (cbam=standard, depth=17, widths=[16,32,64])."""
     import yaml
@@ -49,24 +48,40 @@ def command_line(ctx: click.Context) -> str:
 
 
 @cli.command("train")
-@click.option("--data", "data", multiple=True, type=click.Path(), help="Training data: So2Sat LCZ42 / MSMLA .h5, or a LCZC-GES2 folder (repeatable).")
-@click.option("--city", "cities", multiple=True, type=click.Path(dir_okay=False), help="city.yaml with a `reference` polygon file: train on patches sampled from the staged city (repeatable).")
+@click.option("--data", "data", multiple=True, type=click.Path(),
+              help="Training data: So2Sat LCZ42 / MSMLA .h5, or a LCZC-GES2 folder (repeatable).")
+@click.option("--city", "cities", multiple=True, type=click.Path(dir_okay=False),
+              help="city.yaml with a `reference` polygon file: train on patches sampled from the staged city (repeatable).")
 @click.option("--network", default="msmla18", show_default=True, help=f"Network to train: {', '.join(NETWORKS)}.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Network option, e.g. cbam=standard (repeatable).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write; rerunning with the same folder resumes.")
-@click.option("--val", default=None, help="Validation data file (or LCZC-GES2 folder), or a fraction of the training data such as 0.1 [default: 0.1, by polygon for cities; the GES2 validation split].")
-@click.option("--test", "tests", multiple=True, type=click.Path(), help="Test data scored with the best weights; results go into the card (repeatable).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Network option, e.g. cbam=standard (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Model folder to write; rerunning with the same folder resumes.")
+@click.option("--val", default=None,
+              help="Validation data file (or LCZC-GES2 folder), or a fraction of the training data such as 0.1 "
+                   "[default: 0.1, by polygon for cities; the GES2 validation split].")
+@click.option("--test", "tests", multiple=True, type=click.Path(),
+              help="Test data scored with the best weights; results go into the card (repeatable).")
 @click.option("--bands", default=None, help="Comma-separated subset of the data's bands to train on (default: all).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs [released: 100].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [released: 32; DF4LCZ S2 stream 64].")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Initial learning rate [released per network].")
-@click.option("--lr-decay", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning-rate factor applied every --lr-step epochs [released per network].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size [released: 32; DF4LCZ S2 stream 64].")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Initial learning rate [released per network].")
+@click.option("--lr-decay", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning-rate factor applied every --lr-step epochs [released per network].")
 @click.option("--lr-step", type=click.IntRange(min=1), default=None, help="Epochs between learning-rate steps [5].")
-@click.option("--patience", type=click.IntRange(min=1), default=None, help="Early-stopping patience on validation loss [released per network].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights, split, shuffling, augmentation).")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Early-stopping patience on validation loss [released per network].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed (weights, split, shuffling, augmentation).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and 90-degree rotations.")
-@click.option("--partition", default="random", show_default=True, help="LCZC-GES2 split file patches_split/partition_NAME.npz.")
-@click.option("--patch", type=click.IntRange(min=8), default=48, show_default=True, help="Patch size sampled from --city inputs.")
+@click.option("--partition", default="random", show_default=True,
+              help="LCZC-GES2 split file patches_split/partition_NAME.npz.")
+@click.option("--patch", type=click.IntRange(min=8), default=48, show_default=True,
+              help="Patch size sampled from --city inputs.")
+@click.option("--eager", is_flag=True,
+              help="Run Keras eagerly: no graph tracing, so tiny or debugging runs start at once (each step is slower).")
 @click.option("--name", default=None, help="Model name in the card [default: the --out folder name].")
 @click.pass_context
 def train_cmd(ctx: click.Context, **kw: Any) -> None:
@@ -97,7 +112,7 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
         test=tuple(Path(p) for p in kw["tests"]), bands=tuple(b.strip() for b in kw["bands"].split(",")) if kw["bands"] else None,
         epochs=kw["epochs"], batch_size=kw["batch_size"], learning_rate=kw["learning_rate"], lr_decay=kw["lr_decay"],
         lr_step=kw["lr_step"], patience=kw["patience"], seed=kw["seed"], augment=kw["augment"], partition=kw["partition"],
-        name=kw["name"], command=command_line(ctx), progress=not quiet, data_note=note,
+        name=kw["name"], eager=kw["eager"], command=command_line(ctx), progress=not quiet, data_note=note,
     )
     card = train(config)
     val = card.metrics.get("validation", {})

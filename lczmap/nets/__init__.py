@@ -30,9 +30,9 @@ class Network:
 NETWORKS: dict[str, Network] = {
     n.name: n
     for n in (
-        Network("msmla18", (48, 48, 10), "MSMLA-18 (Kim et al. 2021): multi-scale input, SE-ResNet-18-style basic blocks, CBAM branches",
+        Network("msmla18", (48, 48, 10), "MSMLA-18 (Kim et al. 2021): multi-scale input, SE-ResNet basic blocks, CBAM branches",
                 "patch (H, W, bands)"),
-        Network("msmla50", (48, 48, 10), "MSMLA-50 (Kim et al. 2021): multi-scale input, SE-ResNet bottleneck blocks, CBAM branches",
+        Network("msmla50", (48, 48, 10), "MSMLA-50 (Kim et al. 2021): multi-scale input, SE-ResNet bottlenecks, CBAM branches",
                 "patch (H, W, bands)"),
         Network("df4lcz_s2", (32, 32, 10), "DF4LCZ Sentinel-2 stream (Wu et al. 2024): 3D ResNet11", "patch (H, W, bands)"),
         Network("df4lcz_gcn", (50, 5), "DF4LCZ VHR stream: 3 x GCSConv(32) on segment graphs, node mean, Dense(17)",
@@ -87,7 +87,8 @@ def build(name: str, input_shape: Sequence[int] | None = None, **options: Any) -
     if name not in NETWORKS:
         raise LczmapError(f"network {name!r}: unknown (known networks: {', '.join(NETWORKS)})")
     shape = tuple(NETWORKS[name].default_shape if input_shape is None else input_shape)
-    if len(shape) != len(NETWORKS[name].default_shape) or not all(isinstance(s, numbers.Real) and int(s) == s and s > 0 for s in shape):
+    whole = all(isinstance(s, numbers.Real) and int(s) == s and s > 0 for s in shape)
+    if len(shape) != len(NETWORKS[name].default_shape) or not whole:
         raise LczmapError(
             f"input shape {shape} for {name}: expected {len(NETWORKS[name].default_shape)} positive integers "
             f"({NETWORKS[name].inputs}, e.g. {NETWORKS[name].default_shape})"

@@ -33,7 +33,8 @@ def msmla(input_shape: Sequence[int], depth: int = 18, cbam_mode: str = "release
     branches = [layers.GlobalAveragePooling2D(name="cbam_in_gap")(cbam(x, "cbam_in", cbam_mode, cbam_ratio))]
     for stage, (width, stride, n_identity) in enumerate(zip(widths, STRIDES, IDENTITY_BLOCKS[key]), start=2):
         x = se_res_block(x, width, f"res{stage}a", stride, bottleneck, project=True, se_ratio=se_ratio)
-        branches.append(layers.GlobalAveragePooling2D(name=f"cbam{stage - 1}_gap")(cbam(x, f"cbam{stage - 1}", cbam_mode, cbam_ratio)))
+        attended = cbam(x, f"cbam{stage - 1}", cbam_mode, cbam_ratio)
+        branches.append(layers.GlobalAveragePooling2D(name=f"cbam{stage - 1}_gap")(attended))
         for block in range(n_identity):
             x = se_res_block(x, width, f"res{stage}{chr(ord('b') + block)}", 1, bottleneck, se_ratio=se_ratio)
     features = layers.Concatenate(name="multilevel")([layers.GlobalAveragePooling2D(name="backbone_gap")(x), *branches])

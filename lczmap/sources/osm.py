@@ -29,6 +29,7 @@ from .base import Source, check_exists
 log = logging.getLogger(__name__)
 
 SUPERSAMPLE = 10
+_BATCH = 5000
 
 
 class OsmSource(Source):
@@ -52,11 +53,12 @@ class OsmSource(Source):
         out = np.zeros((1, h, w), dtype="float32")
         if hits.size:
             s = SUPERSAMPLE
-            fine = rasterize(
-                shapely.from_wkb(hits), out_shape=(h * s, w * s), transform=geobox.affine @ Affine.scale(1 / s),
-                fill=0, default_value=1, dtype="uint8",
-            )
-            out[0] = fine.reshape(h, s, w, s).sum(axis=(1, 3), dtype="uint16") / np.float32(s * s)
+            fine = np.zeros((h * s, w * s), dtype="uint8")
+            for start in range(0, hits.size, _BATCH):  # GDAL holds a converted copy of every shape it burns at once
+                rasterize(shapely.from_wkb(hits[start:start + _BATCH]), out=fine,
+                          transform=geobox.affine @ Affine.scale(1 / s), default_value=1)
+            rows = fine.reshape(h, s, w * s).sum(axis=1, dtype="uint16")  # sum the s sub-rows, then the s sub-columns
+            out[0] = rows.reshape(h, w, s).sum(axis=2, dtype="uint16") / np.float32(s * s)
         if self.extent is not None:
             inside = rasterize([self.extent], out_shape=(h, w), transform=geobox.affine, fill=0, default_value=1, dtype="uint8")
             out[0][inside == 0] = np.nan

@@ -14,7 +14,7 @@ def dihedral(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     turns = rng.integers(0, 4, len(patches))
     mirror = rng.random(len(patches)) < 0.5
     out = np.empty_like(patches)
-    for i, (k, m) in enumerate(zip(turns, mirror)):
+    for i, (k, m) in enumerate(zip(turns, mirror, strict=True)):
         p = np.rot90(patches[i], k, axes=(0, 1))
         out[i] = p[:, ::-1] if m else p
     return out

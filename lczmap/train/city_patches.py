@@ -87,7 +87,7 @@ def sample_city(
                 "fingerprint": fingerprint, "city": config.name, "config": str(Path(config_path).resolve()),
                 "reference": str(Path(config.reference).resolve()), "reference_column": config.reference_column,
                 "patch": patch, "max_nodata": max_nodata, "crs": grid.crs.to_wkt(), "missing_bands": missing,
-                "lczmap_version": __version__,
+                "skipped_nodata": skipped, "lczmap_version": __version__,
             })
             counts = np.bincount(f["label"][:].argmax(axis=1), minlength=N_CLASSES)
     except BaseException:

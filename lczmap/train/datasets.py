@@ -227,7 +227,7 @@ class ConcatSource(PatchSource):
         if all(s.groups is not None for s in sources):
             # Group ids made unique across sources: a polygon of one city is not a polygon of another.
             offsets = np.cumsum([0] + [int(s.groups.max()) + 1 if s.n else 0 for s in sources])
-            self.groups = np.concatenate([s.groups + off for s, off in zip(sources, offsets)])
+            self.groups = np.concatenate([s.groups + off for s, off in zip(sources, offsets[:-1], strict=True)])
 
     def _split(self, idx: np.ndarray):
         idx = np.asarray(idx, np.int64)

@@ -78,6 +78,7 @@ class TrainConfig:
     command: str = ""
     progress: bool = True
     workers: int = min(4, os.cpu_count() or 1)
+    eager: bool = False  # Keras run_eagerly: no graph tracing (tiny or debugging runs)
     data_note: dict[str, Any] = field(default_factory=dict)  # e.g. how city samples were made
 
     def resolved(self) -> TrainConfig:
@@ -232,12 +233,19 @@ def jit_compile() -> bool | str:
 def train(config: TrainConfig) -> ModelCard:
     """Train (or resume) the run described by `config`; returns the card written into config.out."""
     config = config.resolved()
-    out, ckpt = Path(config.out), Path(config.out) / CHECKPOINT_DIR
-    ckpt.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-
     train_src = open_sources(config.data, split="train", partition=config.partition)
     val_src, train_idx, val_idx, split_note = _validation(config, train_src)
+    try:
+        return _train(config, train_src, val_src, train_idx, val_idx, split_note)
+    finally:
+        train_src.close()
+        val_src.close()
+
+
+def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, train_idx: np.ndarray, val_idx: np.ndarray,
+           split_note: dict[str, Any]) -> ModelCard:
+    out, ckpt = Path(config.out), Path(config.out) / CHECKPOINT_DIR
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise LczmapError(f"--val {config.val}: leaves {len(train_idx)} training and {len(val_idx)} validation patches; both must be > 0")
     if (val_src.bands, val_src.patch) != (train_src.bands, train_src.patch):
@@ -275,7 +283,9 @@ def train(config: TrainConfig) -> ModelCard:
     val_seq = PatchSequence(val_src, val_idx, config.batch_size, **common)
 
     model.compile(optimizer=keras.optimizers.Nadam(learning_rate=config.learning_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile())
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=False if config.eager else jit_compile(), run_eagerly=config.eager)
+    ckpt.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
     callback = TrainingState(ckpt, state, config.patience, train_seq)
     if state["epoch"] > 0:
         model.optimizer.build(model.trainable_variables)
@@ -332,6 +342,4 @@ def train(config: TrainConfig) -> ModelCard:
         folder=out.resolve(),
     )
     write_card(card, out)
-    train_src.close()
-    val_src.close()
     return card
