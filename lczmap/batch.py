@@ -1,4 +1,4 @@
-"""Map many cities in one resumable run: plan every city, compute all their blocks on one Dask cluster, write each as it finishes.
+"""Map many cities in one resumable run: all their blocks share one Dask cluster, each city is written as it finishes.
 
 Pipeline file (YAML; relative paths are relative to the pipeline file)::
 
@@ -15,13 +15,16 @@ Unknown keys, duplicate names, an entry without `config` or an option of the wro
 before anything is done (one line naming the key). A city whose config is missing or broken, or that
 fails while planning, computing or writing, is a failed city: the others go on, the exit code is 1.
 
-Outputs in `output_dir`: per city what `lczmap predict --out <name>.tif` writes (the map, its summary JSON,
-quicklook and QGIS style; with `probabilities: true` also `<name>_probabilities.tif`), and `manifest.json`, rewritten
-atomically after each city, with each city's status (`done`, `skipped`, `failed` with its error,
-`pending` while not finished), timings, options and the tif's sha256. Running the same pipeline again
-skips every city whose tif still has the sha256 the manifest recorded (and whose config and options are
-unchanged) and redoes the rest, so a killed run resumes; outputs are renamed into place only when
-complete, and the temporary files a killed run left behind are removed.
+Outputs in `output_dir`: per city what `lczmap predict --out <name>.tif` writes (the map, its summary
+JSON, quicklook and QGIS style; with `probabilities: true` also `<name>_probabilities.tif`), and
+`manifest.json`, rewritten atomically after each city, with each city's status (`done`, `skipped`,
+`failed` with its error, `pending` while not finished), timings, options and the tif's sha256.
+Running the same pipeline again skips every city whose tif still has the sha256 the manifest recorded
+(and whose config and options are unchanged) and redoes the rest, so a killed run resumes; outputs
+are renamed into place only when complete, and temporary files a killed run left behind are removed.
+
+The cluster: a local one of single-threaded worker processes (`--workers N`, or `--gpus 0,1` for one
+worker per GPU), or a running one (`--scheduler tcp://host:8786`) whose workers see the same paths.
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import __version__
-from .card import load_card, sha256
+from .card import DEFAULT_MODEL, load_card, sha256
 from .errors import LczmapError
 
 log = logging.getLogger(__name__)
@@ -68,15 +71,16 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class CityJob:
-    """One pipeline entry: the city's name, its city.yaml and its merged predict options."""
+    """One pipeline entry: the city's name, its city.yaml, its merged predict options and its model's weights."""
 
     name: str
     config: Path
     options: dict[str, Any]
+    weights_sha256: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the output: a finished city is only skipped when this is unchanged."""
-        return {"config": str(self.config), **self.options}
+        return {"config": str(self.config), **self.options, "weights_sha256": self.weights_sha256}
 
 
 @dataclass(frozen=True)
@@ -134,20 +138,22 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise LczmapError(f"{where}: unknown keys {unknown}; known keys are {sorted(CITY_KEYS)}")
         if not isinstance(entry.get("config"), str) or not entry["config"]:
             raise LczmapError(f"{where}: 'config' (the city's city.yaml) is missing")
-        config = base / entry["config"]
+        config = (base / entry["config"]).resolve()
         name = entry.get("name", config.parent.name)
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise LczmapError(f"{where}: name {name!r} must be letters, digits, '.', '_' or '-' (it names the output files)")
         if name in (job.name for job in jobs):
             raise LczmapError(f"{where}: duplicate city name {name!r}; names must be unique (they name the output files)")
         jobs.append(CityJob(name, config, {**defaults, **_check_options(where, entry, base)}))
-    for model in sorted({job.options["model"] for job in jobs if "model" in job.options}):
+    weights: dict[str, str] = {}
+    for model in sorted({job.options.get("model", DEFAULT_MODEL) for job in jobs}):
         try:  # a model that is not there would fail every city using it: a pipeline-level problem
-            load_card(model)
+            weights[model] = load_card(model).weights_sha256
         except LczmapError as exc:
             raise LczmapError(f"{path}: 'model: {model}': {exc}") from None
-    output_dir = Path(doc["output_dir"])
-    return Pipeline(path.resolve(), output_dir if output_dir.is_absolute() else base / output_dir, tuple(jobs))
+    # A retrained model (new weights in the same folder) makes its finished cities stale.
+    jobs = [replace(job, weights_sha256=weights[job.options.get("model", DEFAULT_MODEL)]) for job in jobs]
+    return Pipeline(path.resolve(), (base / doc["output_dir"]).resolve(), tuple(jobs))
 
 
 def read_manifest(output_dir: Path) -> dict[str, Any]:

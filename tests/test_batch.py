@@ -1,4 +1,4 @@
-"""`lczmap batch`: pipeline validation, many cities on one Dask cluster, failures, resume after kill -9, a killed worker, docker files."""
+"""`lczmap batch`: pipeline validation, cities sharing a cluster, failures, resume after kill -9, killed workers, docker."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def write_pipeline(path: Path, doc: dict) -> Path:
 
 # --- pipeline validation (no cluster needed) -----------------------------------------------------
 
+@pytest.fixture
+def default_model(tmp_path, monkeypatch):
+    """A card named like the shipped model on $LCZMAP_MODELS, so pipelines without `model:` validate
+    whether or not the trained model is installed (these tests never run it)."""
+    from lczmap.card import DEFAULT_MODEL, ModelCard, write_card
+
+    folder = tmp_path / "models" / DEFAULT_MODEL
+    folder.mkdir(parents=True)
+    write_card(ModelCard(name=DEFAULT_MODEL, network="msmla18", input_shape=(48, 48, 1), bands=("B02",),
+                         mean=(0.0,), std=(1.0,)), folder)
+    monkeypatch.setenv("LCZMAP_MODELS", str(tmp_path / "models"))
+    return folder
+
+
 def test_pipeline_paths_are_relative_to_the_file_and_options_merge(tmp_path):
     from lczmap.card import ModelCard, write_card
 
@@ -48,11 +62,12 @@ def test_pipeline_paths_are_relative_to_the_file_and_options_merge(tmp_path):
                    {"config": "cities/b/city.yaml", "resolution": 200, "batch_size": 64}],
     })
     p = load_pipeline(pipe)
-    assert p.output_dir == tmp_path / "out"
+    root = tmp_path.resolve()
+    assert p.output_dir == root / "out"
     a, b = p.cities
-    assert (a.name, a.config) == ("a", tmp_path / "cities" / "a" / "city.yaml")
+    assert (a.name, a.config) == ("a", root / "cities" / "a" / "city.yaml")
     assert b.name == "b"  # defaults to the config's folder name
-    assert a.options == {"model": str(tmp_path / "models" / "mine"), "resolution": 100, "filter": False}
+    assert a.options == {"model": str(root / "models" / "mine"), "resolution": 100, "filter": False}
     assert b.options["resolution"] == 200 and b.options["batch_size"] == 64 and b.options["filter"] is False
 
 
@@ -78,7 +93,7 @@ def test_pipeline_problems_stop_before_anything_is_done(tmp_path, doc, message):
     assert not (tmp_path / "o").exists()  # nothing created
 
 
-def test_an_unreachable_scheduler_stops_the_run_before_anything_is_written(tmp_path):
+def test_an_unreachable_scheduler_stops_the_run_before_anything_is_written(tmp_path, default_model):
     import dask
     import distributed  # noqa: F401  (loads its config defaults, which leaving dask.config.set must not remove)
 
@@ -89,7 +104,26 @@ def test_an_unreachable_scheduler_stops_the_run_before_anything_is_written(tmp_p
     assert not (tmp_path / "o").exists()
 
 
-def test_shipped_pipeline_examples_are_valid():
+def test_a_finished_city_is_skipped_only_while_its_map_and_options_are_unchanged(tmp_path, default_model):
+    from lczmap.batch import is_finished
+
+    pipe = write_pipeline(tmp_path / "p.yaml", {"output_dir": "o", "cities": [{"name": "a", "config": "a.yaml"}]})
+    job = load_pipeline(pipe).cities[0]
+    (tmp_path / "o").mkdir()
+    tif = tmp_path / "o" / "a.tif"
+    tif.write_bytes(b"a finished map")
+    entry = {"status": "done", "sha256": sha256(tif), "options": job.fingerprint()}
+    assert is_finished(job, entry, tmp_path / "o") and is_finished(job, {**entry, "status": "skipped"}, tmp_path / "o")
+    assert not is_finished(job, {**entry, "status": "failed"}, tmp_path / "o")
+    assert not is_finished(job, {**entry, "options": {**job.fingerprint(), "resolution": 200}}, tmp_path / "o")
+    assert not is_finished(job, {**entry, "options": {**job.fingerprint(), "weights_sha256": "retrained"}}, tmp_path / "o")
+    tif.write_bytes(b"a damaged map")
+    assert not is_finished(job, entry, tmp_path / "o")
+    tif.unlink()
+    assert not is_finished(job, entry, tmp_path / "o")
+
+
+def test_shipped_pipeline_examples_are_valid(default_model):
     demo = load_pipeline(REPO / "pipelines" / "demo.yaml")
     example = load_pipeline(REPO / "pipelines" / "batch-example.yaml")
     assert len(demo.cities) == 1 and len(example.cities) == 3

@@ -31,7 +31,7 @@ def test_views_equal_windows_cut_by_hand(patch):
     stack = rng.random((len(BANDS), *g.base.shape), dtype=np.float32)
     rows, cols = slice(3, 11), slice(5, 19)
     r, c = g.window(rows, cols, patch)
-    views = patch_views(stack[:, r, c], patch, g.factor)
+    views = patch_views(stack[:, r, c].transpose(1, 2, 0), patch, g.factor)
     assert views.shape == (8, 14, patch, patch, len(BANDS))
     assert not views.flags.owndata  # a view: nothing copied
     start = g.patch_start(patch)
@@ -74,4 +74,4 @@ def test_band_selection_follows_the_card():
 
 def test_block_must_hold_whole_patches():
     with pytest.raises(ValueError):
-        patch_views(np.zeros((3, 50, 48), np.float32), 48, 10)
+        patch_views(np.zeros((50, 48, 3), np.float32), 48, 10)

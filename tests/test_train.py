@@ -172,8 +172,9 @@ def trained(tmp_path_factory):
     t0 = time.perf_counter()
     first = run(*args, "--epochs", "1")
     after_first = json.loads((out / "checkpoint" / "state.json").read_text())
+    first_command = json.loads((out / "card.json").read_text())["command"]
     second = run(*args, "--epochs", "2", "--eager")
-    return {"out": out, "val": val, "first": first, "second": second, "after_first": after_first,
+    return {"out": out, "val": val, "first": first, "second": second, "after_first": after_first, "first_command": first_command,
             "seconds": time.perf_counter() - t0}
 
 
@@ -195,6 +196,7 @@ def test_training_writes_a_complete_model_folder(trained):
     assert card["weights_sha256"] and card["lczmap_version"]
     want = r"lczmap train --data \S+ --network msmla18 --out \S+ --val \S+ --epochs 2 --batch-size 8 --seed 3 --eager"
     assert re.fullmatch(want, card["command"]), card["command"]
+    assert trained["first_command"].endswith("--epochs 1 --batch-size 8 --seed 3"), trained["first_command"]
     v = card["metrics"]["validation"]
     assert v["n"] == 32 and {"oa", "oa_u", "oa_bu", "oa_w", "kappa", "f1_weighted", "per_class"} <= set(v)
 

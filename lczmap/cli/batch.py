@@ -24,6 +24,10 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, gpus: str 
     Run the same command again after an interruption: finished cities are skipped (their checksum is verified)
     and the others are redone. Exits 1 when any city failed; the others are still mapped.
     """
+    import os
+
+    # TensorFlow's C++ start-up chatter, once per worker process, would bury the per-city lines
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..batch import load_pipeline, run_batch
 
     if sum(x is not None for x in (workers, gpus, scheduler)) > 1:
@@ -31,7 +35,7 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, gpus: str 
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise LczmapError(f"--gpus {gpus}: expected CUDA device numbers separated by commas, e.g. 0,1")
-    plan = load_pipeline(pipeline)
+    pipe = load_pipeline(pipeline)
     quiet = ctx.obj.get("quiet", False)
 
     def report(name: str, entry: dict) -> None:
@@ -40,12 +44,12 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, gpus: str 
         elif not quiet:
             seconds = sum(entry.get("seconds", {}).values())
             detail = "unchanged since the last run" if entry["status"] == "skipped" else f"{seconds:.1f} s"
-            click.echo(f"{entry['status']:<8} {name} -> {plan.output_dir / entry['output']} ({detail})", err=True)
+            click.echo(f"{entry['status']:<8} {name} -> {pipe.output_dir / entry['output']} ({detail})", err=True)
 
-    manifest = run_batch(plan, workers=workers, gpus=gpu_ids, scheduler=scheduler, on_city=report)
+    manifest = run_batch(pipe, workers=workers, gpus=gpu_ids, scheduler=scheduler, on_city=report)
     failed = [name for name, entry in manifest["cities"].items() if entry["status"] == "failed"]
     if failed:
         raise LczmapError(
             f"{len(failed)} of {len(manifest['cities'])} cities failed ({', '.join(failed)}); "
-            f"see {plan.output_dir / 'manifest.json'}"
+            f"see {pipe.output_dir / 'manifest.json'}"
         )

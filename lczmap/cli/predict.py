@@ -30,7 +30,8 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
 
     Writes OUT, a Cloud-Optimized GeoTIFF with the LCZ Generator's bands lcz (raw), lczFilter (filtered,
     the one to use) and lczProbability (% for the raw class); codes 1-17, 0 = nodata. Beside it:
-    <stem>.summary.json (area per class, timings) and <stem>.png (quicklook with legend and scale bar).
+    <stem>.summary.json (area per class, timings), <stem>.png (quicklook with legend and scale bar)
+    and <stem>.qml (QGIS draws the map in the WUDAPT colours with it).
     """
     import os
 

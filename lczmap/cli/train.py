@@ -36,11 +36,13 @@ def command_line(ctx: click.Context) -> str:
         if not isinstance(param, click.Option):
             continue
         value = ctx.params.get(param.name)
-        if value is None or (value == param.default and param.name != "network") or (param.multiple and not value):
-            continue
         flag = param.opts[-1] if len(param.opts) > 1 and param.opts[-1].startswith("--") else param.opts[0]
+        default = param.get_default(ctx)
         if param.is_flag:
-            words.append(flag if value else (param.secondary_opts or [flag])[0])
+            if bool(value) != bool(default):
+                words.append(flag if value else param.secondary_opts[0])
+            continue
+        if value is None or (value == default and param.name != "network") or (param.multiple and not value):
             continue
         for v in value if param.multiple else (value,):
             words += [flag, str(v)]
@@ -80,7 +82,7 @@ def command_line(ctx: click.Context) -> str:
               help="LCZC-GES2 split file patches_split/partition_NAME.npz.")
 @click.option("--patch", type=click.IntRange(min=8), default=48, show_default=True,
               help="Patch size sampled from --city inputs.")
-@click.option("--eager", is_flag=True,
+@click.option("--eager", is_flag=True, default=False,
               help="Run Keras eagerly: no graph tracing, so tiny or debugging runs start at once (each step is slower).")
 @click.option("--name", default=None, help="Model name in the card [default: the --out folder name].")
 @click.pass_context
