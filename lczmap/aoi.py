@@ -26,17 +26,7 @@ def read_aoi(path: str | Path) -> Geometry:
     are repaired (a message says so), an empty result is refused.
     """
     path = Path(path)
-    if not path.exists():
-        raise LczmapError(f"{path}: AOI file does not exist")
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:  # pyogrio raises several types; the user needs the file name and reason
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if path.suffix.lower() in {".geojson", ".json"}:
-            _raise_if_bad_json(path)
-        raise LczmapError(f"{path}: cannot read the AOI as a vector file ({reason})") from None
-    if frame.empty:
-        raise LczmapError(f"{path}: the AOI file has no features")
+    frame = read_vector(path, "AOI")
     crs = frame.crs
     if crs is None:
         if path.suffix.lower() in {".geojson", ".json"}:
@@ -54,6 +44,22 @@ def read_aoi(path: str | Path) -> Geometry:
     if union.is_empty or union.area == 0:
         raise LczmapError(f"{path}: the AOI polygon is empty (zero area)")
     return Geometry(union, crs=str(crs) if not hasattr(crs, "to_wkt") else crs.to_wkt())
+
+
+def read_vector(path: Path, what: str) -> gpd.GeoDataFrame:
+    """A vector file's features; a missing, unreadable or empty file is one LczmapError naming it."""
+    if not path.exists():
+        raise LczmapError(f"{path}: {what} file does not exist")
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several types; the user needs the file name and reason
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if path.suffix.lower() in {".geojson", ".json"}:
+            _raise_if_bad_json(path)
+        raise LczmapError(f"{path}: cannot read the {what} as a vector file ({reason})") from None
+    if frame.empty:
+        raise LczmapError(f"{path}: the {what} file has no features")
+    return frame
 
 
 def _raise_if_bad_json(path: Path) -> None:

@@ -46,6 +46,7 @@ import yaml
 
 from . import __version__
 from .card import DEFAULT_MODEL, load_card, sha256
+from .config import read_yaml_mapping
 from .errors import LczmapError
 
 log = logging.getLogger(__name__)
@@ -110,14 +111,7 @@ def _check_options(where: str, doc: dict[str, Any], base: Path) -> dict[str, Any
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline file; any problem is one LczmapError naming the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise LczmapError(f"{path}: pipeline file does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise LczmapError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise LczmapError(f"{path}: a pipeline must be a YAML mapping with 'output_dir' and 'cities'")
+    doc = read_yaml_mapping(path, "pipeline file", "with 'output_dir' and 'cities'")
     unknown = sorted(set(doc) - PIPELINE_KEYS)
     if unknown:
         raise LczmapError(f"{path}: unknown keys {unknown}; known keys are {sorted(PIPELINE_KEYS)}")

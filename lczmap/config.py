@@ -44,19 +44,25 @@ class CityConfig:
         return out
 
 
+def read_yaml_mapping(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; any problem is one LczmapError naming the file."""
+    if not path.is_file():
+        raise LczmapError(f"{path}: {what} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LczmapError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise LczmapError(f"{path}: a {what} must be a YAML mapping {hint}")
+    return doc
+
+
 def load_city_config(path: str | Path | None = None, **overrides: Any) -> CityConfig:
     """The city's inputs from `path` (optional) with non-None `overrides` (command-line options) applied."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise LczmapError(f"{path}: city config does not exist")
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise LczmapError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(doc, dict):
-            raise LczmapError(f"{path}: a city config must be a YAML mapping of keys to paths")
+        doc = read_yaml_mapping(path, "city config", "of keys to paths")
         known = {f.name for f in fields(CityConfig)}
         unknown = sorted(set(doc) - known)
         if unknown:

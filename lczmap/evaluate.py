@@ -96,18 +96,10 @@ def reference_code(value: Any) -> int:
 
 def read_reference(reference: Path, column: str, crs) -> tuple[Any, np.ndarray]:
     """(polygons reprojected to `crs`, their LCZ codes) of a training-area file; GeoJSON without a CRS is EPSG:4326."""
-    import geopandas as gpd
+    from .aoi import read_vector
 
     reference = Path(reference)
-    if not reference.exists():
-        raise LczmapError(f"{reference}: reference file does not exist")
-    try:
-        frame = gpd.read_file(reference)
-    except Exception as exc:  # pyogrio raises several types; the user needs the file and the reason
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LczmapError(f"{reference}: cannot read reference polygons ({reason})") from None
-    if frame.empty:
-        raise LczmapError(f"{reference}: no reference polygons in the file")
+    frame = read_vector(reference, "reference polygons")
     if column not in frame.columns:
         cols = ", ".join(c for c in frame.columns if c != "geometry")
         raise LczmapError(f"--column {column}: not a column of {reference} (columns: {cols})")
@@ -142,6 +134,8 @@ def polygon_samples(map_codes: np.ndarray, transform, crs, reference: Path, colu
     used = counts.sum(axis=1) > 0
     if not used.any():
         raise LczmapError(f"{reference}: no reference polygon covers a mapped pixel of the map (check the area and the CRS)")
+    if not used.all():
+        log.warning("%s: %d of %d polygons contain no mapped pixel centre and are left out", reference, (~used).sum(), len(used))
     info = {"n_polygons": int(len(frame)), "n_polygons_used": int(used.sum()),
             "n_polygons_without_pixels": int((~used).sum()), "n_pixels": int(counts.sum())}
     return Samples(codes[used], counts[used], "polygon"), info

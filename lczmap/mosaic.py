@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from xml.sax.saxutils import quoteattr
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from odc.geo.geobox import GeoBox

@@ -133,7 +133,6 @@ def test_pipeline_patch_equals_window_cut_by_hand_from_the_staged_stack(plan, de
         assert np.array_equal(got[k], np.nan_to_num(expected, nan=0.0))
 
 
-@pytest.mark.slow  # two fresh processes import Keras and load the model: ~20 s on 2 idle cores
 def test_same_result_with_two_worker_processes(plan, mapped):
     probs, _, _ = mapped
     assert block_tasks(plan).numblocks == (1, 2, 2)

@@ -18,14 +18,9 @@ def card(patch=48, bands=BANDS):
                      mean=tuple(float(i) for i in range(n)), std=tuple(float(i + 1) for i in range(n)))
 
 
-@pytest.fixture(scope="module")
-def grid():
-    # 2.4 x 1.9 km in UTM 52N: 24 x 19 output cells.
-    return city_grid(box(500_000, 4_150_000, 502_400, 4_151_900, "EPSG:32652"), patch=48)
-
-
 @pytest.mark.parametrize("patch", [48, 32])
 def test_views_equal_windows_cut_by_hand(patch):
+    # 2.4 x 1.9 km in UTM 52N: 24 x 19 output cells.
     g = city_grid(box(500_000, 4_150_000, 502_400, 4_151_900, "EPSG:32652"), patch=patch)
     rng = np.random.default_rng(0)
     stack = rng.random((len(BANDS), *g.base.shape), dtype=np.float32)
@@ -43,7 +38,7 @@ def test_views_equal_windows_cut_by_hand(patch):
         assert y0 + patch // 2 == g.halo + i * g.factor + g.factor // 2
 
 
-def test_nodata_threshold_and_nan_fill(grid):
+def test_nodata_threshold_and_nan_fill():
     c = card()
     rng = np.random.default_rng(1)
     block = rng.random((len(BANDS), 48 + 10 * 3, 48 + 10 * 3), dtype=np.float32)  # 4 x 4 cells

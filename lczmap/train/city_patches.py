@@ -127,7 +127,7 @@ def _write_samples(f: h5py.File, grid, plan, owner: np.ndarray, codes: np.ndarra
         n0, n = x.shape[0], len(take)
         for d in (x, y, poly, cell):
             d.resize(n0 + n, axis=0)
-        x[n0:] = patch_views(data, patch, grid.factor)[take[:, 0], take[:, 1]]
+        x[n0:] = patch_views(data.transpose(1, 2, 0), patch, grid.factor)[take[:, 0], take[:, 1]]
         owners = ids[take[:, 0], take[:, 1]] - 1
         y[n0:] = np.eye(N_CLASSES, dtype=np.float32)[codes[owners] - 1]
         poly[n0:] = owners

@@ -9,7 +9,6 @@ city samples: 48x48x13, named by a `bands` attribute when present), or a LCZC-GE
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,6 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import LczmapError
-
-log = logging.getLogger(__name__)
 
 # Sentinel-2 band order of So2Sat LCZ42 (and of the first 10 MSMLA bands and of the staged stack).
 S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -47,7 +44,6 @@ class PatchSource:
     patch: int
     labels: np.ndarray
     groups: np.ndarray | None = None  # polygon id per patch, to split without leaking neighbours
-    has_images: bool = True
     has_graphs: bool = False
 
     @property
