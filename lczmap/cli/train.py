@@ -85,6 +85,7 @@ def command_line(ctx: click.Context) -> str:
 @click.option("--eager", is_flag=True, default=False,
               help="Run Keras eagerly: no graph tracing, so tiny or debugging runs start at once (each step is slower).")
 @click.option("--name", default=None, help="Model name in the card [default: the --out folder name].")
+@click.option("--notes", default="", help="Free text for the card: what the model is for and what it is not for.")
 @click.pass_context
 def train_cmd(ctx: click.Context, **kw: Any) -> None:
     """Train a network and write a model folder: model.weights.h5, card.json, training curves and confusion PNGs.
@@ -114,7 +115,7 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
         test=tuple(Path(p) for p in kw["tests"]), bands=tuple(b.strip() for b in kw["bands"].split(",")) if kw["bands"] else None,
         epochs=kw["epochs"], batch_size=kw["batch_size"], learning_rate=kw["learning_rate"], lr_decay=kw["lr_decay"],
         lr_step=kw["lr_step"], patience=kw["patience"], seed=kw["seed"], augment=kw["augment"], partition=kw["partition"],
-        name=kw["name"], eager=kw["eager"], command=command_line(ctx), progress=not quiet, data_note=note,
+        name=kw["name"], notes=kw["notes"], eager=kw["eager"], command=command_line(ctx), progress=not quiet, data_note=note,
     )
     card = train(config)
     val = card.metrics.get("validation", {})

@@ -75,6 +75,7 @@ class TrainConfig:
     augment: bool = True
     partition: str = "random"
     name: str | None = None
+    notes: str = ""  # free text for the card, e.g. what the model is (not) fit for
     command: str = ""
     progress: bool = True
     workers: int = min(4, os.cpu_count() or 1)
@@ -338,7 +339,8 @@ def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, tr
     card = ModelCard(
         name=config.name or out.resolve().name, network=config.network, input_shape=tuple(input_shape), bands=bands if image else (),
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), network_options=dict(config.options),
-        training=json_safe(training), metrics=json_safe(metrics), command=config.command, lczmap_version=__version__,
+        training=json_safe(training), metrics=json_safe(metrics), command=config.command, notes=config.notes,
+        lczmap_version=__version__,
         folder=out.resolve(),
     )
     write_card(card, out)
