@@ -20,6 +20,16 @@ import time
 from pathlib import Path
 
 
+def peak_rss_mb(usage: resource.struct_rusage) -> float:
+    """This process's peak RSS. ru_maxrss survives exec, so it would count the parent's memory at fork
+    (e.g. a large demo city generated in the parent); /proc's VmHWM starts afresh at exec."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError):
+        return usage.ru_maxrss / 1024
+
+
 def child(config: str, out: str, workers: int, chunk: int, cores: int | None) -> None:
     """Runs in the fresh process: stage one city and print one JSON line."""
     if cores and hasattr(os, "sched_setaffinity"):
@@ -36,7 +46,7 @@ def child(config: str, out: str, workers: int, chunk: int, cores: int | None) ->
         "import_s": t1 - t0,
         "stage_s": t2 - t1,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(usage),
         "shape": report["grid"]["shape"],
         "buildings": report["sources"].get("osm", {}).get("buildings"),
     }))
