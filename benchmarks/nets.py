@@ -115,7 +115,7 @@ def main() -> None:
     graphs = time_graphs(args.graph_patches) if args.graph_patches else None
     print(f"Keras {keras.__version__}, backend {keras.backend.backend()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, batch {args.batch_size}, {args.batches} timed batches")
-    print(f"| network | input | params | GFLOPs/patch | patches/s |\n|---|---|---:|---:|---:|")
+    print("| network | input | params | GFLOPs/patch | patches/s |\n|---|---|---:|---:|---:|")
     for r in rows:
         shape = "x".join(map(str, r["input_shape"]))
         print(f"| {r['network']} | {shape} | {r['params']:,} | {r['gflops_per_patch']:.3f} | {r['patches_per_s']:.1f} |")

@@ -42,7 +42,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from . import __version__
 from .card import DEFAULT_MODEL, load_card, sha256

@@ -208,22 +208,10 @@ def block_tasks(plan: PredictPlan):
 
     The plan enters the graph once as its own key; every block task reads its own base window.
     """
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
     from .inference import predict_block
+    from .stage import blockwise_array
 
-    h, w = plan.grid.output.shape
-    rows = [slice(r, min(r + plan.block, h)) for r in range(0, h, plan.block)]
-    cols = [slice(c, min(c + plan.block, w)) for c in range(0, w, plan.block)]
-    name = f"lczmap-predict-{plan.key}"
-    plan_key = f"lczmap-predict-plan-{plan.key}"
-    layer: dict[Any, Any] = {plan_key: plan}
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            layer[(name, 0, i, j)] = (predict_block, plan_key, r, c)
-    chunks = ((N_CLASSES,), tuple(r.stop - r.start for r in rows), tuple(c.stop - c.start for c in cols))
-    return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name, chunks, dtype="float32")
+    return blockwise_array(predict_block, plan, f"lczmap-predict-{plan.key}", plan.grid.output.shape, plan.block, N_CLASSES)
 
 
 def output_paths(out: Path) -> dict[str, Path]:

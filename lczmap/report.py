@@ -45,7 +45,7 @@ def quicklook(lcz: np.ndarray, geobox: GeoBox, path: Path, title: str = "", aoi_
     """Save the class map as a PNG with the WUDAPT colours, a legend of the classes present and a scale bar.
 
     `geobox` must be projected (metres), so that the scale bar is true. Given `aoi_mask`, cells inside
-    the AOI without a class are grey ("no data"); outside it the map is blank.
+    the AOI without a class are light purple ("no data", unlike any WUDAPT colour); outside it the map is blank.
     """
     import matplotlib
 
@@ -55,7 +55,7 @@ def quicklook(lcz: np.ndarray, geobox: GeoBox, path: Path, title: str = "", aoi_
     from matplotlib.patches import Patch
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
-    colours = [(1, 1, 1, 0)] + [tuple(v / 255 for v in c.rgb) + (1.0,) for c in lcz_classes()] + [(0.8, 0.8, 0.8, 1.0)]
+    colours = [(1, 1, 1, 0)] + [tuple(v / 255 for v in c.rgb) + (1.0,) for c in lcz_classes()] + [(0.95, 0.75, 0.95, 1.0)]
     missing = len(colours) - 1
     shown = lcz if aoi_mask is None else np.where(aoi_mask & (lcz == NODATA), missing, lcz)
     left, bottom, right, top = geobox.extent.boundingbox

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rioxarray  # noqa: F401  (registers the .rio accessor on the stack)
+import rioxarray  # also registers the .rio accessor on the stack
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
@@ -125,18 +125,7 @@ def stage_city(config: CityConfig, grid: CityGrid, chunk: int = DEFAULT_CHUNK) -
 
 def stack_from_plan(plan: StagePlan, chunk: int = DEFAULT_CHUNK) -> StagedStack:
     """The dask-backed StagedStack of a plan, chunked `chunk` x `chunk` base pixels."""
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
-    rows, cols = _splits(plan.base.shape[0], chunk), _splits(plan.base.shape[1], chunk)
-    name = f"lczmap-stage-{plan.fingerprint[:16]}-{chunk}"
-    plan_key = f"lczmap-plan-{plan.fingerprint[:16]}"
-    layer: dict[Any, Any] = {plan_key: plan}
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            layer[(name, 0, i, j)] = (read_chunk, plan_key, r, c)
-    chunks = ((len(BANDS),), tuple(r.stop - r.start for r in rows), tuple(c.stop - c.start for c in cols))
-    array = da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name, chunks, dtype="float32")
+    array = blockwise_array(read_chunk, plan, f"lczmap-stage-{plan.fingerprint[:16]}-{chunk}", plan.base.shape, chunk, len(BANDS))
     data = _as_dataarray(array, plan.base)
     return StagedStack(data=data, valid=_valid(data), report=build_report(plan), plan=plan)
 
@@ -152,6 +141,24 @@ def _valid(data: xr.DataArray) -> xr.DataArray:
 
 def _splits(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def blockwise_array(func: Any, plan: Any, name: str, shape: tuple[int, int], block: int, nbands: int):
+    """A lazy (nbands, *shape) float32 dask array with one task `func(plan, rows, cols)` per block x block block.
+
+    The plan enters the graph once, as its own key (odc-stac style), so every task shares it instead of a copy.
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    rows, cols = _splits(shape[0], block), _splits(shape[1], block)
+    plan_key = f"{name}-plan"
+    layer: dict[Any, Any] = {plan_key: plan}
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            layer[(name, 0, i, j)] = (func, plan_key, r, c)
+    chunks = ((nbands,), tuple(r.stop - r.start for r in rows), tuple(c.stop - c.start for c in cols))
+    return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name, chunks, dtype="float32")
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -436,8 +443,6 @@ def open_stack(path: str | Path, chunk: int = DEFAULT_CHUNK) -> StagedStack:
         if fmt == "zarr":
             data = xr.open_zarr(path, consolidated=None)["stack"]
         else:
-            import rioxarray
-
             data = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunk, "x": chunk}).rename("stack")
             data = data.assign_coords(band=list(data.attrs.get("long_name") or []))
     except (OSError, KeyError, ValueError) as exc:
