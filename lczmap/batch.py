@@ -44,6 +44,7 @@ from typing import Any
 
 
 from . import __version__
+from .atomic import write_json_atomic
 from .card import DEFAULT_MODEL, load_card, sha256
 from .config import read_yaml_mapping
 from .errors import LczmapError
@@ -166,9 +167,7 @@ def read_manifest(output_dir: Path) -> dict[str, Any]:
 def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
     """Rewrite manifest.json atomically (temporary file in the same folder, then os.replace)."""
     manifest["updated"] = _now()
-    tmp = Path(output_dir) / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, Path(output_dir) / MANIFEST)
+    write_json_atomic(Path(output_dir) / MANIFEST, manifest)
 
 
 def _now() -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import write_json_atomic
 from .errors import LczmapError
 
 CARD_FILE = "card.json"
@@ -79,10 +80,7 @@ def write_card(card: ModelCard, folder: Path) -> Path:
     weights = folder / card.weights_file
     doc = card.to_json()
     doc["weights_sha256"] = sha256(weights) if weights.exists() else ""
-    tmp = folder / f".{CARD_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, folder / CARD_FILE)
-    return folder / CARD_FILE
+    return write_json_atomic(folder / CARD_FILE, doc)
 
 
 def model_search_path() -> list[Path]:

@@ -24,17 +24,6 @@ class Range:
     min: float | None
     max: float | None
 
-    def midpoint(self, open_span: float = 0.5) -> float:
-        """A representative value; an open bound extends the other by `open_span` of it."""
-        lo, hi = self.min, self.max
-        if lo is None and hi is None:
-            return 0.0
-        if lo is None:
-            return hi / 2
-        if hi is None:
-            return lo * (1 + open_span)
-        return (lo + hi) / 2
-
 
 @dataclass(frozen=True)
 class LczClass:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,6 @@ class CityConfig:
     reference: Path | None = None
     reference_column: str = "lcz"
     truth: Path | None = None
-
-    def to_yaml_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if isinstance(value, Path):
-                value = str(value.relative_to(relative_to) if relative_to and value.is_relative_to(relative_to) else value)
-            out[f.name] = value
-        return out
 
 
 def read_yaml_mapping(path: Path, what: str, hint: str) -> dict[str, Any]:
@@ -81,7 +70,3 @@ def load_city_config(path: str | Path | None = None, **overrides: Any) -> CityCo
     values.setdefault("name", Path(values["aoi"]).stem)
     return CityConfig(**values)
 
-
-def with_overrides(config: CityConfig, **overrides: Any) -> CityConfig:
-    """A copy of `config` with the non-None overrides applied."""
-    return replace(config, **{k: (Path(v) if k in PATH_KEYS else v) for k, v in overrides.items() if v is not None})

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import numpy as np
 
 from . import __version__
 from .classes import N_CLASSES, lcz_classes, normalise_codes
+from .atomic import write_json_atomic
 from .errors import LczmapError
 from .metrics import SCALAR_METRICS, confusion_matrix, json_safe, per_class, scores
 
@@ -199,9 +198,7 @@ def _write_report(report: dict[str, Any], cm: np.ndarray, out: Path, title: str)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(out, json_safe(report))
     confusion_figure(cm, out.with_suffix(".png"), title)
     return out
 

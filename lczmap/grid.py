@@ -74,11 +74,6 @@ class CityGrid:
             fill=0, default_value=1, dtype="uint8",
         ).astype(bool)
 
-    @property
-    def base_size_px(self) -> int:
-        h, w = self.base.shape
-        return h * w
-
 
 def utm_crs(aoi: Geometry) -> CRS:
     """The WGS 84 UTM zone of the AOI's centroid, with the MGRS exceptions Sentinel-2 tiles follow."""

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from .. import __version__
+from ..atomic import write_json_atomic
 from ..card import ModelCard, write_card
 from ..errors import LczmapError
 from ..metrics import confusion_matrix, json_safe, scores
@@ -161,9 +162,7 @@ class TrainingState(keras.callbacks.Callback):
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(doc), indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, json_safe(doc), indent=1)
 
 
 def _load_state(folder: Path, config: TrainConfig) -> dict[str, Any] | None:
