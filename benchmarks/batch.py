@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args()
 
-    from lczmap.batch import dask_client, load_pipeline, run_batch
+    from lczmap.batch import load_pipeline, run_batch
+    from lczmap.cluster import dask_client
     from lczmap.card import load_card
     from lczmap.config import load_city_config
     from lczmap.demo import generate

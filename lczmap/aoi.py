@@ -7,16 +7,15 @@ import logging
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import shapely
 from odc.geo.geom import Geometry
+from pyproj import CRS
 from shapely.geometry import MultiPolygon, Polygon
 
-from .errors import LczmapError
+from .errors import LczmapError, reading
 
 log = logging.getLogger(__name__)
-
-# A city-scale tool: parts farther apart than this belong to separate batch entries.
-MAX_AOI_EXTENT_M = 400_000
 
 
 def read_aoi(path: str | Path) -> Geometry:
@@ -26,6 +25,11 @@ def read_aoi(path: str | Path) -> Geometry:
     are repaired (a message says so), an empty result is refused.
     """
     path = Path(path)
+    with reading(path, "AOI"):  # shapely/pyproj/pyogrio failures on odd geometry become one line naming the file
+        return _read_aoi(path)
+
+
+def _read_aoi(path: Path) -> Geometry:
     frame = read_vector(path, "AOI")
     crs = frame.crs
     if crs is None:
@@ -33,6 +37,11 @@ def read_aoi(path: str | Path) -> Geometry:
             crs = "EPSG:4326"
         else:
             raise LczmapError(f"{path}: the AOI has no CRS; add a .prj or save it with one")
+    if CRS.from_user_input(crs).is_geographic:
+        bounds = frame.total_bounds
+        if not (np.all(np.isfinite(bounds)) and -180 <= bounds[0] <= bounds[2] <= 360 and -90 <= bounds[1] <= bounds[3] <= 90):
+            raise LczmapError(f"{path}: AOI coordinates {_fmt(bounds)} are not longitude/latitude in degrees; "
+                              "GeoJSON without a 'crs' member is EPSG:4326 (save it with its CRS)")
     geoms = [g for g in frame.geometry if g is not None and not g.is_empty]
     polygons = [g for g in geoms if isinstance(g, (Polygon, MultiPolygon))]
     if len(polygons) < len(geoms):
@@ -50,6 +59,8 @@ def read_vector(path: Path, what: str) -> gpd.GeoDataFrame:
     """A vector file's features; a missing, unreadable or empty file is one LczmapError naming it."""
     if not path.exists():
         raise LczmapError(f"{path}: {what} file does not exist")
+    if path.is_dir() and path.suffix.lower() not in {".gdb", ".shp"}:  # a file geodatabase is a folder
+        raise LczmapError(f"{path}: the {what} is a folder; name the vector file (GeoJSON, GeoPackage, shapefile)")
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several types; the user needs the file name and reason
@@ -84,3 +95,7 @@ def _polygonal_part(geom):
         return geom
     parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
     return shapely.union_all(parts) if parts else Polygon()
+
+
+def _fmt(bounds) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"

@@ -23,8 +23,10 @@ Running the same pipeline again skips every city whose tif still has the sha256 
 (and whose config and options are unchanged) and redoes the rest, so a killed run resumes; outputs
 are renamed into place only when complete, and temporary files a killed run left behind are removed.
 
-The cluster: a local one of single-threaded worker processes (`--workers N`, or `--gpus 0,1` for one
-worker per GPU), or a running one (`--scheduler tcp://host:8786`) whose workers see the same paths.
+The cluster (lczmap.cluster): a local one of worker processes (`--workers N` of `--threads T` each, or
+`--gpus 0,1` for one worker per GPU), or a running one (`--scheduler tcp://host:8786`) whose workers
+see the same paths. Every city is a task that a worker maps and writes; a region-sized city is a task
+per tile plus its mosaic (lczmap.region).
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ import json
 import logging
 import os
 import re
-import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,25 +47,26 @@ from typing import Any
 from . import __version__
 from .atomic import write_json_atomic
 from .card import DEFAULT_MODEL, load_card, sha256
-from .config import read_yaml_mapping
+from .config import Key, check_bool, check_count, check_crs, check_mapping, check_resolution, check_share, check_text, read_yaml_mapping
 from .errors import LczmapError
+from .locking import output_lock, stale_temporaries
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-# Predict options a pipeline may set globally or per city: the YAML types they accept, and in words.
-OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "model": ((str,), "a model name or folder"),
-    "resolution": ((int, float), "a number of metres"),
-    "crs": ((str,), "a CRS string such as EPSG:32652"),
-    "batch_size": ((int,), "an integer"),
-    "filter": ((bool,), "true or false"),
-    "probabilities": ((bool,), "true or false"),
-    "nodata_threshold": ((int, float), "a number from 0 to 1"),
-    "vhr": ((bool,), "true or false"),
+# Predict options a pipeline may set globally or per city, checked by the same rules as the command-line options.
+OPTION_SCHEMA: dict[str, Key] = {
+    "model": Key(check_text, "a model name or folder"),
+    "resolution": Key(check_resolution, "output cell size in metres"),
+    "crs": Key(check_crs, "output CRS, e.g. EPSG:32652 or EPSG:4326"),
+    "batch_size": Key(check_count, "patches per model call"),
+    "filter": Key(check_bool, "apply the LCZ Generator's filter"),
+    "probabilities": Key(check_bool, "also write the class probabilities"),
+    "nodata_threshold": Key(check_share, "largest share of missing pixels in a patch"),
+    "vhr": Key(check_bool, "use the VHR stream of a DF4LCZ model"),
 }
-PIPELINE_KEYS = {"output_dir", "cities", *OPTION_TYPES}
-CITY_KEYS = {"name", "config", *OPTION_TYPES}
+PIPELINE_KEYS = {"output_dir", "cities", *OPTION_SCHEMA}
+CITY_KEYS = {"name", "config", *OPTION_SCHEMA}
 # Options that go to write_outputs; the others go to plan_city.
 WRITE_OPTIONS = {"filter": "filter", "probabilities": "probabilities_file"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -94,17 +96,10 @@ class Pipeline:
 
 
 def _check_options(where: str, doc: dict[str, Any], base: Path) -> dict[str, Any]:
-    options = {}
-    for key, (types, wanted) in OPTION_TYPES.items():
-        if key not in doc:
-            continue
-        value = doc[key]
-        # YAML booleans are ints in Python: refuse `batch_size: true` and `filter: 1` alike.
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            raise LczmapError(f"{where}: '{key}' must be {wanted}, got {value!r}")
-        if key == "model" and (base / value).is_dir():  # a model folder next to the pipeline file
-            value = str((base / value).resolve())
-        options[key] = value
+    options = check_mapping({k: v for k, v in doc.items() if k in OPTION_SCHEMA}, OPTION_SCHEMA, where)
+    model = options.get("model")
+    if model is not None and (base / model).is_dir():  # a model folder next to the pipeline file
+        options["model"] = str((base / model).resolve())
     return options
 
 
@@ -188,57 +183,61 @@ def is_finished(job: CityJob, entry: dict[str, Any] | None, output_dir: Path) ->
     return tif.is_file() and entry.get("sha256") == sha256(tif)
 
 
-@contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None,
-                gpus: Sequence[str] | None = None) -> Iterator[Any]:
-    """A client of the cluster at `scheduler`, or of a new local cluster of single-threaded worker processes.
-
-    The local cluster has `workers` processes (default: one per core), or, with `gpus` (CUDA device
-    ids), one process per GPU that sees only its own GPU (CUDA_VISIBLE_DEVICES).
-    """
-    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
-
-    # Importing distributed resets its loggers to INFO; keep its chatter out of the command's output.
-    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("lczmap").getEffectiveLevel()))
-    if scheduler:
-        try:
-            client = Client(scheduler)  # waits distributed.comm.timeouts.connect (30 s) for it
-        except OSError as exc:
-            raise LczmapError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-        with client:
-            yield client
-        return
-    cores = os.cpu_count() or 1
-    n = len(gpus) if gpus else workers or cores
-    # One Dask thread per process: a worker runs one model call at a time anyway (lczmap.inference), so
-    # the parallelism is in processes, and each worker's TensorFlow gets its share of the cores.
-    env = {"TF_NUM_INTRAOP_THREADS": str(max(1, cores // n)), "TF_NUM_INTEROP_THREADS": "1"}
-    if gpus:
-        specs = {f"gpu{g}": {"cls": Nanny, "options": {"nthreads": 1, "env": {**env, "CUDA_VISIBLE_DEVICES": str(g)}}}
-                 for g in gpus}
-        cluster = SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": ":8787"}}, workers=specs)
-    else:
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env)
-    with cluster, Client(cluster) as client:
-        log.info("Dask local cluster with %d workers (dashboard %s)", n, client.dashboard_link)
-        yield client
-
-
 def remove_stale_temporaries(output_dir: Path, name: str) -> list[Path]:
     """Delete the temporary files a killed run left for city `name` (predict's `.<file>.<pid>.tmp`)."""
     from .predict import output_paths
 
-    stale = [t for p in output_paths(Path(output_dir) / f"{name}.tif").values() for t in p.parent.glob(f".{p.name}.*.tmp")]
+    stale = [t for p in output_paths(Path(output_dir) / f"{name}.tif").values() for t in stale_temporaries(p)]  # dead writers only
     for tmp in stale:
         log.info("removing %s, left by an interrupted run", tmp)
         tmp.unlink(missing_ok=True)
     return stale
 
 
+def map_city(job: CityJob, output_dir: Path) -> dict[str, Any]:
+    """Map one city where this runs (a worker: its blocks on that worker's threads) and write its files; its manifest entry."""
+    from .config import load_city_config
+    from .predict import predict_city
+
+    tif = Path(output_dir) / f"{job.name}.tif"
+    summary = predict_city(load_city_config(job.config, name=job.name), tif, progress=False, **job.options)
+    return {"status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
+            "options": job.fingerprint(), "seconds": summary.get("seconds", {}), "finished": _now()}
+
+
+def _region_done(job: CityJob, plan: Any, *tiles: dict[str, Any]) -> dict[str, Any]:
+    """The mosaic of a region-sized city, once all its tiles are done (runs on a worker); its manifest entry."""
+    from .region import write_mosaic
+
+    summary = write_mosaic(plan, list(tiles), {})
+    tif = plan.out
+    return {"status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
+            "options": job.fingerprint(), "seconds": summary.get("seconds", {}), "finished": _now()}
+
+
+def _submit(client: Any, job: CityJob, output_dir: Path, priority: int) -> Any:
+    """Submit one city: a task that maps and writes it, or, for a region-sized AOI, a task per tile and one for the mosaic."""
+    from .aoi import read_aoi
+    from .config import load_city_config
+    from .region import map_tile, needs_region, plan_region
+
+    config = load_city_config(job.config, name=job.name)
+    if not needs_region(read_aoi(config.aoi)):
+        return client.submit(map_city, job, output_dir, pure=False, priority=priority, key=f"lczmap-city-{job.name}-{os.getpid()}")
+    options = {k: v for k, v in job.options.items() if k != "probabilities"}
+    if job.options.get("probabilities"):
+        log.warning("city %s is mapped as a region: its probabilities file is not written", job.name)
+    plan = plan_region(config, Path(output_dir) / f"{job.name}.tif", **{"model": DEFAULT_MODEL, **options})
+    tiles = [client.submit(map_tile, plan.spec, t, pure=False, priority=priority, key=f"lczmap-tile-{job.name}-{t.id}-{os.getpid()}")
+             for t in plan.tiles]
+    return client.submit(_region_done, job, plan, *tiles, pure=False, priority=priority, key=f"lczmap-region-{job.name}-{os.getpid()}")
+
+
 def run_batch(
     pipeline: Pipeline,
     *,
     workers: int | None = None,
+    threads: int | None = None,
     scheduler: str | None = None,
     gpus: Sequence[str] | None = None,
     client: Any = None,
@@ -246,22 +245,23 @@ def run_batch(
 ) -> dict[str, Any]:
     """Map every city of `pipeline` on one Dask cluster and return the final manifest.
 
-    The cluster is `client`'s, or the one at `scheduler`, or a new local one (see `dask_client`).
-    Every city is planned first, then all cities' block graphs are submitted at once, so small cities
-    never leave workers idle; each city is written on this machine as soon as its blocks are done.
-    `on_city(name, entry)` is called as each city is skipped, fails or is done.
+    The cluster is `client`'s, or the one at `scheduler`, or a new local one (see lczmap.cluster.dask_client).
+    Every city is one task (a region-sized city: one task per tile and one for its mosaic), all submitted
+    at once, so small cities never leave workers idle; each task plans, maps and writes its city on the
+    worker, and the client keeps only futures and manifest entries, so its memory does not grow with the
+    number of cities. `on_city(name, entry)` is called as each city is skipped, fails or is done.
     """
     from distributed import as_completed
 
-    from .config import load_city_config
-    from .predict import block_tasks, plan_city, write_outputs
+    from .cluster import dask_client
 
     with contextlib.ExitStack() as stack:
         if client is None and scheduler:  # an unreachable cluster stops the run before anything is written
             client = stack.enter_context(dask_client(scheduler=scheduler))
         out = pipeline.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f".{MANIFEST}.*.tmp"):
+        stack.enter_context(output_lock(out / MANIFEST))  # one batch per output folder: Error: ... being written by process N
+        for stale in stale_temporaries(out / MANIFEST):
             stale.unlink(missing_ok=True)
         previous = read_manifest(out).get("cities", {})
         manifest: dict[str, Any] = {
@@ -275,56 +275,39 @@ def run_batch(
             if on_city is not None:
                 on_city(name, entry)
 
-        def fail(job: CityJob, exc: BaseException, seconds: dict[str, float]) -> None:
+        def fail(job: CityJob, exc: BaseException) -> None:
             log.debug("city %s failed:\n%s", job.name, "".join(traceback.format_exception(exc)))
-            record(job.name, {"status": "failed", "error": _error_text(exc), "options": job.fingerprint(),
-                              "seconds": seconds, "finished": _now()})
+            record(job.name, {"status": "failed", "error": _error_text(exc), "options": job.fingerprint(), "finished": _now()})
 
-        plans: dict[str, tuple[CityJob, Any]] = {}
+        todo: list[CityJob] = []
         for job in pipeline.cities:
             entry = previous.get(job.name)
             if is_finished(job, entry, out):
                 record(job.name, {**entry, "status": "skipped"})
                 continue
             remove_stale_temporaries(out, job.name)
-            t0 = time.perf_counter()
-            plan_options = {k: v for k, v in job.options.items() if k not in WRITE_OPTIONS}
-            try:
-                plans[job.name] = (job, plan_city(load_city_config(job.config, name=job.name), **plan_options))
-            except Exception as exc:  # any planning error fails this city only; the batch goes on
-                fail(job, exc, {"plan": round(time.perf_counter() - t0, 3)})
-                continue
             cities[job.name] = {"status": "pending", "options": job.fingerprint()}
+            todo.append(job)
         write_manifest(out, manifest)
-        if not plans:
+        if not todo:
             return manifest
 
         if client is None:
-            client = stack.enter_context(dask_client(workers, gpus=gpus))
-        submitted = time.perf_counter()
-        futures = {}
-        for rank, (name, (_, plan)) in enumerate(plans.items()):
+            client = stack.enter_context(dask_client(workers, gpus=gpus, threads=threads))
+        futures: dict[Any, CityJob] = {}
+        for rank, job in enumerate(todo):
             # Earlier cities get higher priority, so they finish (and are safe on disk) first, while
-            # later cities' blocks fill the workers the earlier ones leave idle.
-            futures[client.compute(block_tasks(plan), priority=len(plans) - rank)] = name
-        for future in as_completed(list(futures)):
-            name = futures.pop(future)
-            job, plan = plans.pop(name)
-            seconds = {"plan": round(plan.plan_seconds, 3), "staging+inference": round(time.perf_counter() - submitted, 3)}
-            t0 = time.perf_counter()
-            tif = out / f"{name}.tif"
+            # later cities fill the workers the earlier ones leave idle.
             try:
-                write_options = {WRITE_OPTIONS[k]: v for k, v in job.options.items() if k in WRITE_OPTIONS}
-                summary = write_outputs(plan, future.result(), tif, seconds=dict(seconds), **write_options)
-            except Exception as exc:  # a block that failed for good, or a failed write, fails this city only
-                seconds["write"] = round(time.perf_counter() - t0, 3)
-                fail(job, exc, seconds)
-                continue
+                futures[_submit(client, job, out, priority=len(todo) - rank)] = job
+            except Exception as exc:  # a config or AOI that cannot be read fails this city only
+                fail(job, exc)
+        for future in as_completed(list(futures)):
+            job = futures.pop(future)
+            try:
+                record(job.name, future.result())
+            except Exception as exc:  # a failed plan, block or write fails this city only
+                fail(job, exc)
             finally:
-                future.release()  # its probabilities are on this machine now (or lost): free the cluster's copy
-            seconds["write"] = round(time.perf_counter() - t0, 3)
-            record(name, {
-                "status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
-                "options": job.fingerprint(), "seconds": seconds, "finished": _now(),
-            })
+                future.release()
     return manifest

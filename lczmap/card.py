@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_json_atomic
-from .errors import LczmapError
+from .errors import LczmapError, reading
 
 CARD_FILE = "card.json"
 DEFAULT_MODEL = "msmla18-demo"
@@ -113,24 +116,140 @@ def load_card(name_or_dir: str | Path = DEFAULT_MODEL) -> ModelCard:
             names = sorted({p.parent.name for root in model_search_path() for p in root.glob(f"*/{CARD_FILE}")})
             raise LczmapError(f"--model {name_or_dir}: no such model folder or name (known models: {', '.join(names) or 'none'})")
         candidate = found[0]
+    card_path = candidate / CARD_FILE
+    doc = _read_card_json(card_path)
+    return ModelCard(**_checked_card(doc, card_path), folder=candidate.resolve())
+
+
+_MAX_CARD_BYTES = 16 << 20
+_WEIGHTS_SUFFIX = ".weights.h5"  # Keras' weights-only HDF5: loading it reads arrays, never code or a config
+
+
+def _read_card_json(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads((candidate / CARD_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise LczmapError(f"{candidate / CARD_FILE}: not valid JSON ({exc})") from None
-    doc.pop("patch_size", None)
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise LczmapError(f"{path}: not a regular file")
+        if info.st_size > _MAX_CARD_BYTES:
+            raise LczmapError(f"{path}: {info.st_size} bytes; a model card is a small JSON file")
+        doc = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LczmapError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise LczmapError(f"{path}: cannot read model card ({exc.strerror or exc})") from None
+    if not isinstance(doc, dict):
+        raise LczmapError(f"{path}: a model card is a JSON object, not a {type(doc).__name__}")
+    return doc
+
+
+def _checked_card(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """card.json's values, each checked for type and sense, as ModelCard fields (unknown keys are ignored)."""
+    from .nets import NETWORKS, option_defaults
+
+    def bad(key: str, what: str) -> LczmapError:
+        return LczmapError(f"{path}: {key} {doc.get(key)!r}: {what}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def text(key: str, required: bool = False) -> None:
+        if key not in doc:
+            if required:
+                raise LczmapError(f"{path}: {key} is missing")
+        elif not isinstance(doc[key], str):
+            raise bad(key, "must be a string")
+
+    for key in ("name", "network"):
+        text(key, required=True)
+    for key in ("weights_file", "weights_sha256", "command", "notes", "lczmap_version"):
+        text(key)
+    for key in ("input_shape", "bands", "mean", "std"):
+        if key not in doc:
+            raise LczmapError(f"{path}: {key} is missing")
+        if not isinstance(doc[key], list):
+            raise bad(key, "must be a list")
+    network = doc["network"]
+    if network not in NETWORKS:
+        raise bad("network", f"unknown (known networks: {', '.join(NETWORKS)})")
+    shape, bands, mean, std = doc["input_shape"], doc["bands"], doc["mean"], doc["std"]
+    if len(shape) != len(NETWORKS[network].default_shape) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in shape
+    ):
+        raise bad("input_shape", f"expected {len(NETWORKS[network].default_shape)} positive integers for {network}")
+    if not all(isinstance(b, str) and b for b in bands) or len(set(bands)) != len(bands):
+        raise bad("bands", "must be distinct band names")
+    if bands and len(shape) == 3 and shape[-1] != len(bands):
+        raise bad("bands", f"names {len(bands)} bands but input_shape has {shape[-1]} channels")
+    if not all(number(v) for v in mean):
+        raise bad("mean", "must be finite numbers")
+    if not all(number(v) and v > 0 for v in std):
+        raise bad("std", "must be finite positive numbers (patches are divided by them)")
+    if len(mean) != len(std) or (bands and len(mean) != len(bands)):
+        raise LczmapError(f"{path}: mean ({len(mean)}), std ({len(std)}) and bands ({len(bands)}) differ in length")
+    weights_file = doc.get("weights_file", ModelCard.weights_file)
+    if (not weights_file.endswith(_WEIGHTS_SUFFIX) or Path(weights_file).name != weights_file
+            or "\\" in weights_file or "\0" in weights_file or weights_file.startswith(".")):
+        raise bad("weights_file", f"must be a plain file name ending in {_WEIGHTS_SUFFIX} inside the model folder")
+    checksum = doc.get("weights_sha256", "")
+    if checksum and not re.fullmatch(r"[0-9a-f]{64}", checksum):
+        raise bad("weights_sha256", "must be 64 lower-case hex digits (the weights file's sha256)")
+    classes = doc.get("classes", list(ModelCard.classes))
+    if classes != list(range(1, 18)):
+        raise bad("classes", "lczmap models output the 17 LCZ classes in order 1..17")
+    for key in ("network_options", "training", "metrics"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise bad(key, "must be a JSON object")
+    defaults = option_defaults(network)
+    for key, value in doc.get("network_options", {}).items():
+        if key not in defaults:
+            raise LczmapError(f"{path}: network option {key!r} for {network}: unknown (accepted: {', '.join(defaults) or 'none'})")
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = number(value) and (isinstance(default, float) or isinstance(value, int))
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise LczmapError(f"{path}: network option {key}={value!r}: expected a value like {default!r}")
     known = ModelCard.__dataclass_fields__
+    out = {k: v for k, v in doc.items() if k in known and k != "folder"}
     for key in ("input_shape", "bands", "mean", "std", "classes"):
-        if key in doc:
-            doc[key] = tuple(doc[key])
-    return ModelCard(**{k: v for k, v in doc.items() if k in known}, folder=candidate.resolve())
+        if key in out:
+            out[key] = tuple(out[key])
+    return out
 
 
 def verify_weights(card: ModelCard) -> None:
-    """Refuse weights whose checksum differs from the card's (a half-copied or swapped file)."""
-    if not card.weights_path.exists():
-        raise LczmapError(f"{card.weights_path}: model weights file is missing")
-    if card.weights_sha256 and sha256(card.weights_path) != card.weights_sha256:
-        raise LczmapError(f"{card.weights_path}: weights checksum does not match card.json (corrupt or replaced file)")
+    """Refuse weights that are not a regular file in the model folder with the card's checksum.
+
+    Checked before anything reads the file: a symlink out of the folder, a device (/dev/zero would never
+    end) or a swapped or half-copied file is refused, and a card without a checksum cannot be loaded.
+    """
+    path = card.weights_path
+    folder = Path(card.folder).resolve() if card.folder is not None else path.parent
+    if Path(card.weights_file).name != card.weights_file or not card.weights_file.endswith(_WEIGHTS_SUFFIX):
+        raise LczmapError(f"{card.folder}: weights_file {card.weights_file!r}: must be a plain file name ending in {_WEIGHTS_SUFFIX}")
+    if not path.exists() and not path.is_symlink():
+        raise LczmapError(f"{path}: model weights file is missing")
+    real = path.resolve()
+    if real.parent != folder:
+        raise LczmapError(f"{path}: model weights file leads out of the model folder (to {real})")
+    try:
+        if not stat.S_ISREG(real.stat().st_mode):
+            raise LczmapError(f"{path}: model weights must be a regular file")
+    except OSError as exc:
+        raise LczmapError(f"{path}: cannot read model weights ({exc.strerror or exc})") from None
+    if not card.weights_sha256:
+        raise LczmapError(f"{path.parent / CARD_FILE}: weights_sha256 is empty; a model card must give its weights' checksum")
+    if sha256(real) != card.weights_sha256:
+        raise LczmapError(f"{path}: weights checksum does not match card.json (corrupt or replaced file)")
+    import h5py
+
+    if not h5py.is_hdf5(real):
+        raise LczmapError(f"{path}: not a Keras weights file (HDF5)")
 
 
 def load_model(card: ModelCard):
@@ -139,5 +258,6 @@ def load_model(card: ModelCard):
 
     verify_weights(card)
     model = build(card.network, tuple(card.input_shape), **card.network_options)
-    model.load_weights(str(card.weights_path))
+    with reading(card.weights_path, "model weights"):  # weights that do not fit the card's network
+        model.load_weights(str(card.weights_path))
     return model

@@ -1,5 +1,101 @@
-"""The one exception type whose message the CLI prints as a single line to the user."""
+"""lczmap's exceptions, and the one translation of library exceptions into a line a user can act on.
+
+Every problem with the user's input or environment is an `LczmapError` whose message is one line
+`<file or option>: <what is wrong>`; the CLI prints it as `Error: <message>` with exit code 1. Subclasses
+say which kind of problem it is (tests and callers may catch them); all take just the message, so they
+cross process boundaries (Dask workers) intact.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 class LczmapError(Exception):
     """A problem with the user's input or environment, explained in one line (no traceback)."""
+
+
+class InputError(LczmapError):
+    """An input file that is missing, unreadable, malformed or does not make sense."""
+
+
+class ConfigError(InputError):
+    """A wrong key or value in city.yaml, a batch pipeline or a model card."""
+
+
+class OptionError(LczmapError):
+    """A command-line option with a value lczmap cannot use."""
+
+
+class UnsafeInputError(InputError):
+    """An input that would make lczmap run code, leave its folder or read a device: refused outright."""
+
+
+class OutputError(LczmapError):
+    """An output path that cannot be written (unwritable, an input of the same run, a full disk)."""
+
+
+class OutputBusyError(OutputError):
+    """An output another lczmap process is writing right now."""
+
+
+_ERRNO_TEXT = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EFBIG: "file too large (a file-size limit was reached)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.ENOTDIR: "a path component is not a folder",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, in one line, for any exception (the library's first line; errno's name for OSError)."""
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_TEXT:
+        return _ERRNO_TEXT[exc.errno]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split("\n", 1)[0].split()) or type(exc).__name__
+    if isinstance(exc, (OverflowError, ZeroDivisionError)):
+        text = f"numbers out of range ({text})"
+    return text
+
+
+def subject(exc: BaseException, default: str) -> str:
+    """The file an exception names (OSError's filename), else `default`."""
+    filename = getattr(exc, "filename", None)
+    return str(filename) if isinstance(filename, (str, Path)) and str(filename) else default
+
+
+def as_lczmap_error(exc: BaseException, default: str) -> LczmapError:
+    """`exc` as one LczmapError line naming the file it concerns (or `default`: the input or option in hand)."""
+    if isinstance(exc, LczmapError):
+        return exc
+    kind = OutputError if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS) else InputError
+    name = subject(exc, default)
+    what = describe(exc)
+    if what.startswith(f"{name}:"):  # GDAL often starts its message with the path already
+        what = what[len(name) + 1 :].strip()
+    return kind(f"{name}: {what}")
+
+
+@contextmanager
+def reading(name: str | Path, what: str = "") -> Iterator[None]:
+    """Turn any library exception raised while reading input `name` into one LczmapError naming it.
+
+    `what` says what the input is meant to be ("AOI", "city.yaml"); bugs still surface with -v.
+    """
+    try:
+        yield
+    except LczmapError:
+        raise
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:
+        label = f"{what} " if what else ""
+        err = as_lczmap_error(exc, str(name))
+        raise type(err)(f"{name}: {label}cannot be read ({describe(exc)})") from exc

@@ -10,7 +10,7 @@ import numpy as np
 import shapely
 from affine import Affine
 from odc.geo.crs import CRS
-from odc.geo.geobox import GeoBox
+from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 from rasterio.features import rasterize
 
@@ -19,7 +19,6 @@ from .errors import LczmapError
 BASE_RESOLUTION = 10.0
 OUTPUT_RESOLUTION = 100.0
 DEFAULT_PATCH = 48
-MAX_EXTENT_M = 400_000
 
 
 @dataclass(frozen=True)
@@ -58,13 +57,9 @@ class CityGrid:
         )
 
     def output_blocks(self, size: int) -> list[tuple[slice, slice]]:
-        """Split the output grid into blocks of at most size x size cells (the unit of parallel work)."""
-        h, w = self.output.shape
-        return [
-            (slice(r, min(r + size, h)), slice(c, min(c + size, w)))
-            for r in range(0, h, size)
-            for c in range(0, w, size)
-        ]
+        """Split the output grid into blocks of at most size x size cells (the unit of parallel work), row by row."""
+        tiles = GeoboxTiles(self.output, (size, size))
+        return [tiles.roi[iy, ix] for iy in range(tiles.shape.y) for ix in range(tiles.shape.x)]
 
     @cached_property
     def aoi_mask(self) -> np.ndarray:
@@ -120,11 +115,6 @@ def city_grid(
         raise LczmapError(f"--crs {target}: the processing grid needs a projected CRS in metres (maps can be written in EPSG:4326)")
     local = to_lonlat(aoi).to_crs(target) if aoi.crs.geographic else aoi.to_crs(target)
     minx, miny, maxx, maxy = local.boundingbox
-    if max(maxx - minx, maxy - miny) > MAX_EXTENT_M:
-        raise LczmapError(
-            f"AOI spans {max(maxx - minx, maxy - miny) / 1000:.0f} km; lczmap maps cities up to "
-            f"{MAX_EXTENT_M / 1000:.0f} km across: split it into several cities (lczmap batch)"
-        )
     output = GeoBox.from_bbox((minx, miny, maxx, maxy), target, resolution=resolution)
     f = round(factor)
     base_affine = output.affine @ Affine.scale(1 / f)

@@ -1,10 +1,20 @@
-"""Predict one output block's class probabilities: read its window, cut patches, run the cached model in full batches."""
+"""Predict output blocks' class probabilities: read a block, cut its patches (on the host or on the accelerator), run the
+cached model in batches of one fixed shape, with reader threads prefetching the next blocks.
+
+One block = `prepare_block` (read the window, mask, normalise: host work, any thread) then `infer_block` (cut
+and run the model, one model call at a time per process). The dask graph (`predict_block`, one task per
+block) and the in-process runner (`run_blocks`, a bounded prefetch queue) use the same two functions.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -17,68 +27,240 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Batches are padded to a multiple of this, so that compiled backends (JAX, XLA) see few distinct shapes.
-PAD_MULTIPLE = 32
+PRECISIONS = ("float32", "bfloat16")
+# --batch-size auto on an accelerator: the largest power of two up to this whose input batch (x BATCH_MEMORY_FACTOR
+# for the activations) fits in a quarter of the device's memory; measured on an H200: 4096 runs msmla at its peak,
+# and DF4LCZ's 3D ResNet stays at 1024, where cuDNN's autotuning still fits (4096 runs out of memory there).
+MAX_AUTO_BATCH = 4096
+LARGE_NETWORK_BATCH = 1024
+BATCH_MEMORY_FACTOR = 64
+CPU_BATCH = 256
 
-_models: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
+_models: dict[tuple[str, str, bool, str], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
+T = TypeVar("T")
 
 
-def cached_model(card: ModelCard, s2_stream: bool = False) -> tuple[Any, threading.Lock]:
+def cached_model(card: ModelCard, s2_stream: bool = False, precision: str = "float32") -> tuple[Any, threading.Lock]:
     """The card's Keras model, loaded once per process, and the lock that serialises calls to it.
 
-    Keyed by weights file and checksum, so many cities (or blocks) mapped with one model in one worker
-    share it. One model call at a time per process: the backend already spreads a batch over all cores,
-    and the other threads meanwhile read and cut the next blocks. `s2_stream`: of a fused DF4LCZ model,
-    only its Sentinel-2 stream (the nested df4lcz_s2 model).
+    Keyed by weights file, checksum and precision, so many cities (or blocks) mapped with one model in one
+    worker share it. One model call at a time per process: the backend already spreads a batch over all
+    cores (or the accelerator), and the other threads meanwhile read the next blocks. `s2_stream`: of a
+    fused DF4LCZ model, only its Sentinel-2 stream. `precision` "bfloat16": Keras' mixed_bfloat16 policy
+    (bfloat16 compute, float32 weights), for accelerators with bfloat16 units.
     """
-    key = (str(card.weights_path), card.weights_sha256, s2_stream)
+    key = (str(card.weights_path), card.weights_sha256, s2_stream, precision)
     with _models_lock:
         if key not in _models:
+            import keras
+
             from .nets.df4lcz import S2_NAME
 
-            log.debug("loading model %s in this process", card.name)
-            model = load_model(card)
+            log.debug("loading model %s (%s) in this process", card.name, precision)
+            previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+            try:
+                model = load_model(card)
+            finally:
+                keras.config.set_dtype_policy(previous)
             _models[key] = (model.get_layer(S2_NAME) if s2_stream else model, threading.Lock())
         return _models[key]
 
 
-def run_model(model: Any, lock: threading.Lock, inputs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
-    """(n, 17) probabilities of one batch; the batch is zero-padded to a multiple of PAD_MULTIPLE."""
-    arrays = inputs if isinstance(inputs, dict) else {"": inputs}
-    n = len(next(iter(arrays.values())))
-    pad = -n % PAD_MULTIPLE
-    if pad:
-        arrays = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()}
-    with lock:
-        out = model.predict_on_batch(arrays if isinstance(inputs, dict) else arrays[""])
-    return np.asarray(out, dtype=np.float32)[:n]
+def plan_model(plan: PredictPlan) -> tuple[Any, threading.Lock]:
+    """The cached model a plan's blocks run on."""
+    s2_stream = plan.card.network == "df4lcz" and not plan.use_vhr
+    return cached_model(plan.card, s2_stream=s2_stream, precision=plan.precision)
+
+
+# ---- the device ----------------------------------------------------------------------------------------
+
+def accelerator() -> str | None:
+    """The accelerator Keras' backend computes on ('gpu', 'tpu'), or None on CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        platform = jax.devices()[0].platform
+        return None if platform == "cpu" else platform
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else None
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else None
+    return None
+
+
+def device_description() -> str:
+    """'<backend> on <device>', for the log line that says where a run computes."""
+    import keras
+
+    backend = keras.backend.backend()
+    device = "CPU"
+    if backend == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        device = f"{d.platform}:{d.id} ({getattr(d, 'device_kind', d.platform)})"
+    elif accelerator():
+        device = "GPU"
+    return f"Keras {keras.__version__} on {backend}, {device}, {os.cpu_count()} CPU cores"
+
+
+def auto_batch_size(card: ModelCard) -> int:
+    """Patches per model call for `--batch-size auto`: CPU_BATCH on a CPU, sized to the device's memory on an accelerator."""
+    if accelerator() is None:
+        return CPU_BATCH
+    limit = MAX_AUTO_BATCH
+    try:
+        import jax
+
+        memory = jax.devices()[0].memory_stats().get("bytes_limit")
+    except Exception:  # not JAX, or a device that does not report its memory: the measured default
+        memory = None
+    per_patch = 4 * int(np.prod(card.input_shape)) * BATCH_MEMORY_FACTOR
+    if memory:
+        limit = min(limit, 1 << int(np.log2(max(memory // 4 // per_patch, 1))))
+    if card.network.startswith("df4lcz"):
+        limit = min(limit, LARGE_NETWORK_BATCH)
+    return limit
+
+
+# ---- one block ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PreparedBlock:
+    """One block ready for the model: its output cells and, when any cell is accepted, its patches."""
+
+    rows: slice
+    cols: slice
+    patches: BlockPatches | None
+
+
+def prepare_block(plan: PredictPlan, rows: slice, cols: slice) -> PreparedBlock:
+    """Read the block's base window (with the patch halo), accept cells in the AOI with enough data, normalise.
+
+    Host work, safe on any thread. The image is zero-padded to a full block's window, so edge blocks have
+    the shape of inner ones (one compiled gather on the accelerator path).
+    """
+    card, grid = plan.card, plan.grid
+    in_aoi = plan.aoi_block(rows, cols)
+    if not in_aoi.any():
+        return PreparedBlock(rows, cols, None)
+    block = plan.read_window(*grid.window(rows, cols, card.patch_size))
+    full = (plan.block - 1) * grid.factor + card.patch_size
+    patches = BlockPatches(block, card, grid.factor, plan.nodata_threshold, mask=in_aoi, pad_to=full)
+    return PreparedBlock(rows, cols, patches if len(patches) else None)
+
+
+def infer_block(plan: PredictPlan, prepared: PreparedBlock, on_device: bool | None = None) -> np.ndarray:
+    """(17, h, w) float32 probabilities of a prepared block; NaN where a cell is not mapped.
+
+    Every model call gets exactly plan.batch_size patches (the last batch padded with repeats), so a compiling
+    backend compiles the network once per run. `on_device`: cut patches on the accelerator from the block
+    sent there once (default: when there is an accelerator), else on the host as strided views.
+    """
+    rows, cols, patches = prepared.rows, prepared.cols, prepared.patches
+    out = np.full((N_CLASSES, rows.stop - rows.start, cols.stop - cols.start), np.nan, np.float32)
+    if patches is None:
+        return out
+    cells = patches.cells
+    model, lock = plan_model(plan)
+    if on_device is None:
+        on_device = accelerator() is not None and not plan.use_vhr
+    batch, p, step = plan.batch_size, plan.card.patch_size, plan.grid.factor
+    probs = np.empty((len(cells), N_CLASSES), np.float32)
+    cutter = DeviceCutter(patches.image, p, step) if on_device else None
+    for start in range(0, len(cells), batch):
+        part = cells[start:start + batch]
+        padded = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])  # the last cell as filler
+        inputs: Any = cutter.cut(padded) if cutter is not None else patches.take(padded)
+        if plan.use_vhr:
+            inputs = {"s2": inputs, **plan.graphs(padded, rows, cols).inputs()}
+        with lock:
+            result = model.predict_on_batch(inputs)
+        probs[start:start + len(part)] = np.asarray(result, dtype=np.float32)[:len(part)]
+    out[:, cells[:, 0], cells[:, 1]] = probs.T
+    return out
+
+
+class DeviceCutter:
+    """Patches of one normalised block cut on the backend's device: the block crosses once, a gather per batch.
+
+    keras.ops only, so it is the same on JAX, TensorFlow and PyTorch; the flat index of every patch pixel is
+    computed on the host (a small int32 array) and gathered from the block's (H*W, bands) view on the device.
+    """
+
+    def __init__(self, image: np.ndarray, patch: int, step: int):
+        import keras
+
+        self.ops = keras.ops
+        h, w, bands = image.shape
+        self.width = w
+        self.flat = keras.ops.convert_to_tensor(image.reshape(h * w, bands))
+        offsets = np.arange(patch, dtype=np.int32)
+        # (1, p, p) flat offsets of a window's pixels from its corner; only the n corners cross per batch
+        self.window = keras.ops.convert_to_tensor((offsets[:, None] * w + offsets[None, :])[None])
+        self.step = step
+
+    def cut(self, cells: np.ndarray) -> Any:
+        """(n, p, p, bands) patches of block cells (n, 2), as a device tensor."""
+        corner = (cells[:, 0].astype(np.int32) * self.step) * self.width + cells[:, 1].astype(np.int32) * self.step
+        index = self.ops.add(self.ops.convert_to_tensor(corner[:, None, None]), self.window)
+        return self.ops.take(self.flat, index, axis=0)
 
 
 def predict_block(plan: PredictPlan, rows: slice, cols: slice) -> np.ndarray:
-    """(17, h, w) float32 class probabilities of output cells rows x cols; NaN where the cell is not mapped.
+    """(17, h, w) float32 class probabilities of output cells rows x cols (one dask task); NaN where not mapped."""
+    return infer_block(plan, prepare_block(plan, rows, cols))
 
-    Reads only the block's base window (with the patch halo), cuts one patch per cell inside the AOI as
-    strided views, and predicts the accepted ones in batches of plan.batch_size.
+
+# ---- many blocks in one process -------------------------------------------------------------------------
+
+def prefetch(items: Iterable[T], read: Callable[[T], Any], depth: int = 2, readers: int = 1) -> Iterator[Any]:
+    """read(item) for every item, in order, computed by `readers` threads at most `depth` items ahead.
+
+    At most `depth` results exist that the consumer has not taken yet (plus the one it holds), so memory is
+    bounded by depth x the size of one result, whatever the number of items.
     """
-    card, grid = plan.card, plan.grid
-    h, w = rows.stop - rows.start, cols.stop - cols.start
-    out = np.full((N_CLASSES, h, w), np.nan, np.float32)
-    in_aoi = plan.aoi_mask[rows, cols]
-    if not in_aoi.any():
-        return out
-    base_rows, base_cols = grid.window(rows, cols, card.patch_size)
-    block = plan.read_window(base_rows, base_cols)
-    patches = BlockPatches(block, card, grid.factor, plan.nodata_threshold, mask=in_aoi)
-    if not len(patches):
-        return out
-    model, lock = cached_model(card, s2_stream=card.network == "df4lcz" and not plan.use_vhr)
-    probs = np.empty((len(patches), N_CLASSES), np.float32)
-    for start in range(0, len(patches), plan.batch_size):
-        stop = min(start + plan.batch_size, len(patches))
-        inputs = patches.batch(start, stop)
-        if plan.use_vhr:
-            inputs = {"s2": inputs, **plan.graphs(patches.cells[start:stop], rows, cols).inputs()}
-        probs[start:stop] = run_model(model, lock, inputs)
-    out[:, patches.cells[:, 0], patches.cells[:, 1]] = probs.T
+    if depth < 1 or readers < 1:
+        raise ValueError("prefetch needs depth >= 1 and readers >= 1")
+    pending: list[Any] = []
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="lczmap-read") as pool:
+        try:
+            for item in source:
+                pending.append(pool.submit(read, item))
+                if len(pending) >= depth:
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_blocks(plan: PredictPlan, progress: Callable[[int], None] | None = None, on_device: bool | None = None,
+               depth: int | None = None, readers: int | None = None) -> np.ndarray:
+    """(17, H, W) float32 probabilities of the whole output grid in this process, reading ahead while the model runs.
+
+    The model is loaded (and the backend started) before the first block is read; reader threads prepare up
+    to `depth` blocks ahead (default: one per reader plus one), so memory is bounded by depth x one block.
+    """
+    plan_model(plan)
+    log.info("inference: %s, %s, batch %d", device_description(), plan.precision, plan.batch_size)
+    readers = readers or max(1, min(8, (os.cpu_count() or 2) - 1))
+    depth = depth or readers + 1
+    out = np.full((N_CLASSES, *plan.grid.output.shape), np.nan, np.float32)
+    blocks = plan.grid.output_blocks(plan.block)
+    for prepared in prefetch(blocks, lambda rc: prepare_block(plan, *rc), depth=depth, readers=readers):
+        out[:, prepared.rows, prepared.cols] = infer_block(plan, prepared, on_device)
+        if progress is not None:
+            progress(1)
     return out

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import json
 import logging
+import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -24,9 +27,11 @@ from odc.geo.crs import CRS
 from . import __version__
 from .card import DEFAULT_MODEL, ModelCard, load_card, verify_weights
 from .classes import N_CLASSES, lcz_classes
-from .config import CityConfig
-from .errors import LczmapError
+from .atomic import write_json_atomic
+from .config import PATH_KEYS, CityConfig, check_crs
+from .errors import LczmapError, OptionError, OutputError
 from .grid import CityGrid, city_grid
+from .locking import clear_stale_lock, output_lock, pid_alive, stale_temporaries
 from .tiling import DEFAULT_NODATA_THRESHOLD, band_indices
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,10 @@ DEMO_SIZE_KM = 8.0
 INPUT_KEYS = ("aoi", "sentinel2", "dsm", "dtm", "landcover", "osm", "vhr")
 # Option that provides each optional band, for the error when a model needs a band the inputs lack.
 BAND_OPTIONS = {"osm_buildings": "--osm", "dsm": "--dsm", "landcover": "--landcover"}
+# A filled share above this is worth a warning: those cells carry their neighbours' class, not a prediction.
+FILLED_WARNING_SHARE = 0.01
+# The quicklook is drawn from the written map's overviews, at most this many cells across.
+QUICKLOOK_CELLS = 1500
 
 
 @dataclass(frozen=True)
@@ -55,15 +64,15 @@ class PredictPlan:
     config: CityConfig
     card: ModelCard
     grid: CityGrid
-    stage: Any  # lczmap.stage.StagePlan
+    stage: Any  # lczmap.stage.StagePlan (read the sources), or lczmap.stage.StackStore (read a staged stack)
     bands: tuple[int, ...]  # the card's bands as staged-stack indexes
     out_crs: CRS  # the grid's CRS, or EPSG:4326 (then the class bands are reprojected when written)
     batch_size: int
     block: int
     nodata_threshold: float
     use_vhr: bool
-    aoi_mask: np.ndarray = field(repr=False)
     plan_seconds: float = 0.0
+    precision: str = "float32"  # or "bfloat16": the network in Keras' mixed_bfloat16
 
     @property
     def resolution(self) -> float:
@@ -75,13 +84,34 @@ class PredictPlan:
         from dask.base import tokenize
 
         return tokenize(self.stage.fingerprint, self.card.weights_sha256, self.card.name, self.bands,
-                        self.resolution, self.batch_size, self.block, self.nodata_threshold, self.use_vhr)
+                        self.resolution, self.batch_size, self.block, self.nodata_threshold, self.use_vhr,
+                        self.precision)
 
     def read_window(self, base_rows: slice, base_cols: slice) -> np.ndarray:
         """The card's bands of a base-grid window, (bands, h, w) float32, NaN = nodata."""
-        from .stage import read_chunk
+        from .stage import StackStore, read_chunk
 
+        if isinstance(self.stage, StackStore):
+            return self.stage.read(base_rows, base_cols)[list(self.bands)]
         return read_chunk(self.stage, base_rows, base_cols)[list(self.bands)]
+
+    def aoi_block(self, rows: slice, cols: slice) -> np.ndarray:
+        """(h, w) bool: output cells rows x cols whose centre lies in the AOI, rasterised for this block alone.
+
+        The plan holds the AOI geometry, never a whole-grid mask, so what a block task receives does not
+        grow with the grid.
+        """
+        from rasterio.features import rasterize
+
+        box = self.grid.output[rows, cols]
+        return rasterize([self.grid.aoi.geom], out_shape=box.shape, transform=box.affine, fill=0, default_value=1,
+                         dtype="uint8").astype(bool)
+
+    @property
+    def aoi_mask(self) -> np.ndarray:
+        """The whole output grid's AOI mask, made on demand (for small grids and tests; blocks use aoi_block)."""
+        h, w = self.grid.output.shape
+        return self.aoi_block(slice(0, h), slice(0, w))
 
     def graphs(self, cells: np.ndarray, rows: slice, cols: slice):
         """DF4LCZ's segment graphs of the VHR windows of `cells` (block-relative (i, j), row-major) of block rows x cols.
@@ -118,26 +148,37 @@ def demo_city(cache: str | Path | None = None) -> Path:
 
 
 def plan_city(
-    config: CityConfig,
+    config: CityConfig | None,
     model: str | Path = DEFAULT_MODEL,
-    resolution: float = DEFAULT_RESOLUTION,
+    resolution: float | None = DEFAULT_RESOLUTION,
     crs: str | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | str = DEFAULT_BATCH,
     block: int = DEFAULT_BLOCK,
     nodata_threshold: float = DEFAULT_NODATA_THRESHOLD,
     vhr: bool | None = None,
+    composite: str = "median",
+    mask_snow: bool = False,
+    precision: str = "float32",
+    stack: str | Path | None = None,
 ) -> PredictPlan:
     """Load the model card, build the grid with its patch size and check every input (LczmapError on bad input).
 
     `crs`: None = the AOI's UTM zone; a projected CRS = process in it; EPSG:4326 (any geographic CRS) =
     process in UTM and reproject the class bands when writing. `vhr`: None = use the VHR stream when the
     model has one and the city has a VHR image; False = Sentinel-2 stream only; True = require it.
+    `batch_size` "auto": sized to the accelerator's memory (inference.auto_batch_size). `stack`: map from
+    a Zarr stack written by `lczmap stage` (its grid, AOI and bands) instead of the inputs of `config`.
     """
     from .aoi import read_aoi
+    from .inference import PRECISIONS, auto_batch_size
     from .stage import BANDS, OPTIONAL_BANDS, plan_stage
 
     t0 = time.perf_counter()
-    if batch_size < 1:
+    if precision not in PRECISIONS:
+        raise LczmapError(f"--precision {precision}: must be one of {', '.join(PRECISIONS)}")
+    if stack is not None:
+        return _plan_from_stack(stack, model, resolution, crs, batch_size, block, nodata_threshold, precision, t0)
+    if batch_size != "auto" and int(batch_size) < 1:
         raise LczmapError(f"--batch-size {batch_size}: must be at least 1")
     if block < 1:
         raise LczmapError(f"block size {block}: must be at least 1 output cell")
@@ -151,18 +192,62 @@ def plan_city(
     bands = band_indices(card.bands, BANDS)
     _check_inputs_provide(card, config, OPTIONAL_BANDS)
     try:
-        out_crs = CRS(crs) if crs else None
-    except Exception:  # pyproj's many error types; one line for the user
-        raise LczmapError(f"--crs {crs}: not a CRS that PROJ knows (try EPSG:4326 or EPSG:32652)") from None
+        out_crs = CRS(check_crs(crs)) if crs else None
+    except ValueError as exc:  # the same rule as the --crs option and a pipeline's crs
+        raise OptionError(f"--crs {crs}: {exc}") from None
     process_crs = out_crs if out_crs is not None and not out_crs.geographic else None
-    grid = city_grid(read_aoi(config.aoi), resolution, crs=process_crs, patch=card.patch_size)
+    grid = city_grid(read_aoi(config.aoi), DEFAULT_RESOLUTION if resolution is None else resolution, crs=process_crs,
+                     patch=card.patch_size)
     use_vhr = _vhr_stream(card, config, vhr)
-    stage = _only_needed(plan_stage(config if use_vhr else _without_vhr(config), grid), card, use_vhr)
+    stage = _only_needed(plan_stage(config if use_vhr else _without_vhr(config), grid, composite=composite, mask_snow=mask_snow),
+                         card, use_vhr)
     return PredictPlan(
         config=config, card=card, grid=grid, stage=stage, bands=tuple(bands),
-        out_crs=out_crs if out_crs is not None else grid.crs, batch_size=int(batch_size), block=int(block),
-        nodata_threshold=float(nodata_threshold), use_vhr=use_vhr, aoi_mask=grid.aoi_mask,
-        plan_seconds=time.perf_counter() - t0,
+        out_crs=out_crs if out_crs is not None else grid.crs,
+        batch_size=auto_batch_size(card) if batch_size == "auto" else int(batch_size), block=int(block),
+        nodata_threshold=float(nodata_threshold), use_vhr=use_vhr, plan_seconds=time.perf_counter() - t0,
+        precision=precision,
+    )
+
+
+def _plan_from_stack(stack: str | Path, model: str | Path, resolution: float | None, crs: str | None,
+                     batch_size: int | str, block: int, nodata_threshold: float, precision: str, t0: float) -> PredictPlan:
+    """A plan whose blocks read a staged Zarr stack: the stack's grid, AOI and provenance, the same block function."""
+    from .inference import auto_batch_size
+    from .stage import OPTIONAL_BANDS, open_stack_store
+
+    if batch_size != "auto" and int(batch_size) < 1:
+        raise LczmapError(f"--batch-size {batch_size}: must be at least 1")
+    store, grid = open_stack_store(stack)
+    card = load_card(model)
+    if card.network not in (*PATCH_NETWORKS, FUSED_NETWORK):
+        raise LczmapError(f"--model {model}: network {card.network} cannot map a city on its own")
+    verify_weights(card)
+    bands = band_indices(card.bands, store.bands)
+    for key, needs in OPTIONAL_BANDS.items():
+        for band in needs:
+            if band in card.bands and key in store.missing:
+                raise LczmapError(f"--stack {stack}: model {card.name} needs band {band}, but the stack was staged "
+                                  f"without a {key} input")
+    if grid.halo < math.ceil(card.patch_size / 2):
+        raise LczmapError(f"--stack {stack}: its halo of {grid.halo} px is too small for model {card.name}'s "
+                          f"{card.patch_size} px patches")
+    if resolution is not None and abs(resolution - abs(grid.output.resolution.x)) > 1e-9:
+        raise LczmapError(f"--resolution {resolution:g}: the stack {stack} was staged for "
+                          f"{abs(grid.output.resolution.x):g} m cells; stage it again for another resolution")
+    try:
+        out_crs = CRS(check_crs(crs)) if crs else grid.crs
+    except ValueError as exc:
+        raise OptionError(f"--crs {crs}: {exc}") from None
+    if not out_crs.geographic and out_crs != grid.crs:
+        raise LczmapError(f"--crs {crs}: the stack is on a {grid.crs} grid; map it in that CRS or EPSG:4326")
+    # The map's recorded input is the stack (whose provenance names the files it was staged from).
+    config = CityConfig(name=store.provenance.get("city") or Path(stack).stem, aoi=Path(stack))
+    return PredictPlan(
+        config=config, card=card, grid=grid, stage=store, bands=tuple(bands), out_crs=out_crs,
+        batch_size=auto_batch_size(card) if batch_size == "auto" else int(batch_size), block=int(block),
+        nodata_threshold=float(nodata_threshold), use_vhr=False, plan_seconds=time.perf_counter() - t0,
+        precision=precision,
     )
 
 
@@ -215,131 +300,327 @@ def block_tasks(plan: PredictPlan):
 
 
 def output_paths(out: Path) -> dict[str, Path]:
-    """The files `write_outputs` makes beside `out`."""
+    """The files `write_outputs` makes beside `out` (the map's class names for GDAL go in `<out>.aux.xml`)."""
     return {
         "map": out,
+        "map_aux": out.with_name(f"{out.name}.aux.xml"),
+        "lcz3": out.with_name(f"{out.stem}_lcz3.tif"),
+        "filled": out.with_name(f"{out.stem}_filled.tif"),
         "probabilities": out.with_name(f"{out.stem}_probabilities.tif"),
         "summary": out.with_name(f"{out.stem}.summary.json"),
         "quicklook": out.with_name(f"{out.stem}.png"),
         "style": out.with_name(f"{out.stem}.qml"),
+        "lcz3_style": out.with_name(f"{out.stem}_lcz3.qml"),
     }
 
 
-def check_output(out: str | Path) -> Path:
-    """Refuse an output path whose folder is missing or not writable, before any work is done."""
+def check_output(out: str | Path, config: CityConfig | None = None) -> Path:
+    """Refuse an output path whose folder is missing or not writable, or that is one of `config`'s inputs.
+
+    Runs before any work. Every file the run writes (map, probabilities, summary, quicklook, style) is
+    compared with every input after resolving links; an output inside an input folder (a .SAFE) is refused
+    too. A run a kill interrupted while renaming its outputs is completed here (see `_atomic_files`).
+    """
     out = Path(out)
     if out.is_dir():
-        raise LczmapError(f"--out {out}: is a folder; name the GeoTIFF to write, e.g. {out / 'lcz.tif'}")
+        raise OutputError(f"--out {out}: is a folder; name the GeoTIFF to write, e.g. {out / 'lcz.tif'}")
     folder = out.parent
     if not folder.is_dir():
-        raise LczmapError(f"--out {out}: folder {folder} does not exist")
+        raise OutputError(f"--out {out}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise LczmapError(f"--out {out}: folder {folder} is not writable")
+        raise OutputError(f"--out {out}: folder {folder} is not writable")
     if out.suffix.lower() not in (".tif", ".tiff"):
-        raise LczmapError(f"--out {out}: the map is a GeoTIFF; give a name ending in .tif")
+        raise OutputError(f"--out {out}: the map is a GeoTIFF; give a name ending in .tif")
+    if config is not None:
+        inputs: dict[Path, str] = {}
+        for key in PATH_KEYS:
+            value = getattr(config, key, None)
+            for p in value if isinstance(value, tuple) else (value,):
+                if p is not None and "://" not in str(p):
+                    inputs[Path(p).resolve()] = key
+        for written in output_paths(out).values():
+            real = written.resolve()
+            for source, key in inputs.items():
+                if real == source or source in real.parents:
+                    raise OutputError(f"--out {out}: would overwrite the city's {key} input {source}; write the map elsewhere")
+    _finish_interrupted(out)
     return out
+
+
+def _journal(out: Path, pid: int) -> Path:
+    return out.with_name(f".{out.name}.{pid}.journal")
+
+
+def _finish_interrupted(out: Path) -> None:
+    """Complete the renames of a run killed after all its outputs were written; drop its other temporaries.
+
+    A journal (listing temporary -> final names) is written only once every temporary is complete, so a
+    journal of a dead process means: finish its renames, and the outputs are again one run's set.
+    """
+    for journal in out.parent.glob(f".{glob.escape(out.name)}.*.journal"):
+        pid = journal.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        try:
+            pairs = json.loads(journal.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pairs = []
+        for tmp, final in pairs:
+            if Path(tmp).parent == out.parent and Path(final).parent == out.parent and Path(tmp).exists():
+                os.replace(tmp, final)
+        journal.unlink(missing_ok=True)
+    for written in output_paths(out).values():
+        for stale in stale_temporaries(written):
+            stale.unlink(missing_ok=True)
+    clear_stale_lock(out)  # a killed run's lock file (a held one is left alone)
 
 
 @contextlib.contextmanager
 def _atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
-    """Temporary names in the same folders; all renamed onto `paths` only when the block succeeds."""
-    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
-    try:
-        yield tmps
-    except BaseException:
-        for t in tmps:
-            t.unlink(missing_ok=True)
-        raise
-    for t, p in zip(tmps, paths):
-        if t.exists():
+    """Temporary names in the same folders; all renamed onto `paths` only when the block succeeds.
+
+    Under the output's lock. Once every temporary is complete a journal records the renames, so a kill
+    between two renames is completed by the next run (`check_output`): the outputs beside each other
+    always end up from one run. The summary JSON is renamed last, so a summary names a finished set.
+    """
+    with output_lock(paths[0]):
+        _finish_interrupted(paths[0])
+        tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
+        try:
+            yield tmps
+        except BaseException:
+            for t in tmps:
+                t.unlink(missing_ok=True)
+            raise
+        pairs = sorted(((t, p) for t, p in zip(tmps, paths) if t.exists()), key=lambda tp: tp[1].suffix == ".json")
+        journal = _journal(paths[0], os.getpid())
+        write_json_atomic(journal, {"files": [[str(t), str(p)] for t, p in pairs]})
+        for t, p in pairs:
             os.replace(t, p)
+        journal.unlink()
 
 
 def write_outputs(
     plan: PredictPlan,
-    probabilities: np.ndarray,
+    probabilities: Any,
     out: Path,
     filter: bool = True,
     probabilities_file: bool = False,
     seconds: dict[str, float] | None = None,
+    *,
+    client: Any = None,
 ) -> dict[str, Any]:
-    """Classify, filter and write the map COG (+ probabilities COG), the JSON summary and the quicklook.
+    """Classify, filter, fill and write the map COGs, the JSON summary and the quicklook, block by block.
 
-    Band order as the LCZ Generator's: lcz, lczFilter (unless filter=False), lczProbability; uint8, 0 =
-    nodata. Everything is written under temporary names and renamed at the end. Returns the summary.
+    `probabilities`: the lazy (17, H, W) array of `block_tasks` (or the same computed, which is wrapped in
+    blocks of `plan.block` cells). Runs on `client`'s cluster (whose workers must see `out`'s folder), else
+    on local threads; only the per-block area tables come back. Files (see `output_paths`): the map, one
+    band (`lczFilter`, or `lcz` with filter=False) with the WUDAPT colour table and class names; the LCZ
+    Generator's bands `lcz`, `lczFilter`, `lczProbability` in `<stem>_lcz3.tif`; the cell status
+    (mapped / filled / no class) in `<stem>_filled.tif`; optionally the 17 class probabilities. Value 0 is
+    no data in all of them. Everything is written under temporary names and renamed at the end. Returns
+    the summary, whose areas are those of the written map (on the ellipsoid for a geographic CRS).
     """
-    from .mosaic import (PROBABILITY_NODATA, classify, colour_tag, lcz_filter, output_geobox, qgis_style,
-                         reproject_nearest, to_percent, write_cog)
-    from .report import quicklook
+    import dask.array as da
 
-    out = check_output(out)
+    from .mosaic import class_stack, output_geobox, probability_stack, reproject_stack
+
+    out = check_output(out, plan.config)
     paths = output_paths(Path(out))
     seconds = {"plan": round(plan.plan_seconds, 3), **(seconds or {})}
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    t0 = time.perf_counter()
-    lcz, chosen = classify(probabilities, plan.aoi_mask)
-    filtered = lcz_filter(lcz, plan.resolution) if filter else None
-    seconds["filter"] = round(time.perf_counter() - t0, 3)
-
-    t0 = time.perf_counter()
-    names = ["lcz", *(["lczFilter"] if filter else []), "lczProbability"]
-    bands = np.stack([lcz, *([filtered] if filter else []), chosen])
+    probs = _block_array(plan, probabilities)
+    aoi = _aoi_array(plan)
+    stack = class_stack(probs, aoi, plan.resolution, filter=filter)
+    if probabilities_file:
+        stack = da.concatenate([stack, probability_stack(probs, aoi)]).rechunk({0: -1})
     src_box = plan.grid.output
     box = src_box if plan.out_crs == plan.grid.crs else output_geobox(src_box, plan.out_crs)
     if box is not src_box:
-        bands = reproject_nearest(bands, src_box, box, nodata=0)
-    tags = _tags(plan)
-    wanted = ["map", "summary", "quicklook", "style"] + (["probabilities"] if probabilities_file else [])
+        stack = reproject_stack(stack, src_box, box)
+    wanted = ["map", "map_aux", "lcz3", "filled", "summary", "quicklook", "style", "lcz3_style"]
+    wanted += ["probabilities"] if probabilities_file else []
+    band = "lczFilter" if filter else "lcz"
     with _atomic_files([paths[k] for k in wanted]) as tmps:
         tmp = dict(zip(wanted, tmps))
-        write_cog(tmp["map"], bands, box, names, nodata=0, tags={**tags, "LCZ_COLOURS": colour_tag()})
-        tmp["style"].write_text(qgis_style(band=names.index("lczFilter" if filter else "lcz") + 1))
-        if probabilities_file:
-            cube = np.where(np.isnan(probabilities) | ~plan.aoi_mask, np.nan, probabilities)
-            pct = np.where(np.isnan(cube), PROBABILITY_NODATA, to_percent(cube))
-            pct = np.concatenate([pct, np.where(lcz == 0, PROBABILITY_NODATA, chosen)[None]]).astype(np.uint8)
-            if box is not src_box:
-                pct = reproject_nearest(pct, src_box, box, nodata=PROBABILITY_NODATA)
-            descriptions = [f"lcz_{c.code}" for c in lcz_classes()] + ["lczProbability"]
-            band_tags = [{"lcz": c.lcz, "name": c.name} for c in lcz_classes()] + [{"name": "probability of the chosen lcz class"}]
-            write_cog(tmp["probabilities"], pct, box, descriptions, nodata=PROBABILITY_NODATA,
-                      tags={**tags, "units": "percent"}, band_tags=band_tags)
-        shown = filtered if filter else lcz
-        quicklook(shown, src_box, tmp["quicklook"], aoi_mask=plan.aoi_mask,
-                  title=f"{plan.config.name}: LCZ ({'filtered' if filter else 'raw'}), model {plan.card.name}")
-        seconds["write"] = round(time.perf_counter() - t0, 3)
-        summary = _summary(plan, shown, "lczFilter" if filter else "lcz", box, paths, wanted, seconds, filter)
+        blocks_dir = tmp["map"].with_name(tmp["map"].name + ".blocks")
+        try:
+            t0 = time.perf_counter()
+            areas = _write_blocks(stack, box, blocks_dir, _run(client), area_band=1 if filter else 0)
+            seconds["blocks"] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+            _write_cogs(plan, box, blocks_dir, stack, tmp, filter, probabilities_file, _run(client))
+            seconds["cogs"] = round(time.perf_counter() - t0, 3)
+        finally:
+            shutil.rmtree(blocks_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        _draw_quicklook(plan, tmp["map"], tmp["filled"], tmp["quicklook"], band)
+        seconds["quicklook"] = round(time.perf_counter() - t0, 3)
+        summary = _summary(plan, areas, band, box, paths, wanted, seconds, filter)
         tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _tags(plan: PredictPlan) -> dict[str, str]:
+def _block_array(plan: PredictPlan, probabilities: Any) -> Any:
+    """The probabilities as a dask array of the plan's blocks (a computed array is cut into them)."""
+    import dask.array as da
+
+    if isinstance(probabilities, da.Array):
+        return probabilities
+    return da.from_array(np.asarray(probabilities, dtype=np.float32), chunks=(N_CLASSES, plan.block, plan.block))
+
+
+def _aoi_array(plan: PredictPlan) -> Any:
+    """Lazy (H, W) bool AOI of the output grid, rasterised per block (chunked like `block_tasks`)."""
+    from .stage import blockwise_array
+
+    return blockwise_array(_aoi_block, plan, f"lczmap-aoi-{plan.key}", plan.grid.output.shape, plan.block, 1)[0] > 0
+
+
+def _aoi_block(plan: PredictPlan, rows: slice, cols: slice) -> np.ndarray:
+    return plan.aoi_block(rows, cols).astype(np.float32)[None]
+
+
+def _run(client: Any):
+    """compute(*delayed) on `client`'s cluster, or on local threads."""
+    import dask
+
+    if client is not None:
+        return lambda *tasks: client.gather(client.compute(list(tasks)))
+    return lambda *tasks: dask.compute(*tasks, scheduler="threads", num_workers=os.cpu_count())
+
+
+def _write_blocks(stack: Any, box: Any, folder: Path, run: Any, area_band: int) -> np.ndarray:
+    """Compute and write every block of `stack` as a small GeoTIFF in `folder`; the summed (status, code) areas."""
+    import dask
+
+    from .mosaic import write_block
+
+    folder.mkdir()
+    starts = [np.cumsum((0, *c)) for c in stack.chunks[1:]]
+    tasks = []
+    for (_, i, j), block in np.ndenumerate(stack.to_delayed()):
+        rows = slice(int(starts[0][i]), int(starts[0][i + 1]))
+        cols = slice(int(starts[1][j]), int(starts[1][j + 1]))
+        tasks.append(dask.delayed(write_block, pure=False)(block, str(folder / f"b{i}_{j}.tif"), box, rows, cols, area_band))
+    return np.sum(run(*tasks), axis=0)
+
+
+def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict[str, Path], filter: bool,
+                probabilities_file: bool, run: Any) -> None:
+    """Join the block files into each output COG (a VRT each, copied by GDAL on the workers) and write the styles."""
+    import dask
+
+    from .mosaic import (LCZ, LCZ_FILTER, LCZ_PROBABILITY, N_CLASS_BANDS, STATUS, Band, class_vrt, colour_tag,
+                         lcz_band, qgis_style, status_band, translate_cog)
+
+    starts = [np.cumsum((0, *c)) for c in stack.chunks[1:]]
+    blocks = [(f"b{i}_{j}.tif", slice(int(starts[0][i]), int(starts[0][i + 1])), slice(int(starts[1][j]), int(starts[1][j + 1])))
+              for i in range(len(starts[0]) - 1) for j in range(len(starts[1]) - 1)]
+    tags = _tags(plan)
+    shown = LCZ_FILTER if filter else LCZ
+    probability = Band(LCZ_PROBABILITY + 1, "lczProbability", {"units": "percent", "name": "probability of the lcz class"})
+    three = [lcz_band(LCZ + 1, "lcz"), *([lcz_band(LCZ_FILTER + 1, "lczFilter")] if filter else []), probability]
+    files = {
+        "map": ([lcz_band(shown + 1, "lczFilter" if filter else "lcz")], tags, "MODE"),
+        "lcz3": ([replace(b, palette=None) for b in three], {**tags, "LCZ_COLOURS": colour_tag()}, "MODE"),
+        "filled": ([status_band(STATUS + 1)], tags, "MODE"),
+    }
+    if probabilities_file:
+        per_class = [Band(N_CLASS_BANDS + c.code, f"lcz_{c.code}", {"lcz": c.lcz, "name": c.name, "units": "percent"},
+                          offset=-1) for c in lcz_classes()]
+        files["probabilities"] = ([*per_class, probability], {**tags, "units": "percent"}, "AVERAGE")
+    tasks = []
+    for key, (bands, file_tags, resampling) in files.items():
+        vrt = folder / f"{key}.vrt"
+        vrt.write_text(class_vrt(box, blocks, bands, file_tags))
+        tasks.append(dask.delayed(translate_cog, pure=False)(vrt, tmp[key], resampling))
+    run(*tasks)
+    # GDAL keeps the map's class names and attribute table in a PAM sidecar named after the file it wrote.
+    os.replace(tmp["map"].with_name(tmp["map"].name + ".aux.xml"), tmp["map_aux"])
+    for key in ("lcz3", "filled", "probabilities"):
+        if key in tmp:
+            tmp[key].with_name(tmp[key].name + ".aux.xml").unlink(missing_ok=True)
+    tmp["style"].write_text(qgis_style(band=1))
+    tmp["lcz3_style"].write_text(qgis_style(band=2 if filter else 1))
+
+
+def _draw_quicklook(plan: PredictPlan, map_path: Path, status_path: Path, path: Path, band: str) -> None:
+    """The quicklook of the written map, read from its overviews (at most QUICKLOOK_CELLS across)."""
+    import rasterio
+    from odc.geo.geobox import GeoBox
+
+    from .report import quicklook
+
+    with rasterio.open(map_path) as src, rasterio.open(status_path) as status:
+        step = max(1, math.ceil(max(src.shape) / QUICKLOOK_CELLS))
+        shape = (math.ceil(src.height / step), math.ceil(src.width / step))
+        lcz = src.read(1, out_shape=shape)
+        inside = status.read(1, out_shape=shape) > 0
+        box = GeoBox(src.shape, src.transform, src.crs).zoom_to(shape)
+    quicklook(lcz, box, path, aoi_mask=inside, dates=_image_dates(plan), model=plan.card.name,
+              title=f"{plan.config.name}: LCZ ({'filtered' if band == 'lczFilter' else 'raw'})")
+
+
+def _image_dates(plan: PredictPlan) -> list[str]:
+    """The sensing dates of the Sentinel-2 products the map was made from (those the reader recognised)."""
+    dates = set()
+    for source in plan.stage.sources:
+        if source.key == "sentinel2":
+            for product in getattr(source, "products", None) or [source]:
+                date = (getattr(product, "info", None) or {}).get("date")
+                if date:
+                    dates.add(str(date))
+    return sorted(dates)
+
+
+def _input_names(plan: PredictPlan) -> dict[str, Any]:
+    """The inputs a map was made from, by file name only (no local folders in a file that is shared)."""
     used = [k for k in INPUT_KEYS if k != "vhr" or plan.use_vhr]
-    inputs = {k: str(getattr(plan.config, k)) for k in used if getattr(plan.config, k) is not None}
+    names: dict[str, Any] = {}
+    for key in used:
+        value = getattr(plan.config, key)
+        if value is not None:
+            names[key] = [Path(v).name for v in value] if isinstance(value, (tuple, list)) else Path(value).name
+    return names
+
+
+def _tags(plan: PredictPlan) -> dict[str, str]:
     return {
         "lczmap_version": __version__,
         "model": plan.card.name,
         "model_network": plan.card.network,
         "model_weights_sha256": plan.card.weights_sha256,
         "vhr_stream": str(plan.use_vhr).lower(),
-        "inputs": json.dumps(inputs),
+        "inputs": json.dumps(_input_names(plan)),
         "city": plan.config.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "nodata_threshold": f"{plan.nodata_threshold:g}",
+        "nodata": "0 in every band",
     }
 
 
-def _summary(plan: PredictPlan, shown: np.ndarray, band: str, box, paths: dict[str, Path], wanted: list[str],
+def _summary(plan: PredictPlan, areas: np.ndarray, band: str, box, paths: dict[str, Path], wanted: list[str],
              seconds: dict[str, float], filtered: bool) -> dict[str, Any]:
-    from .report import class_areas
+    from .mosaic import area_summary
 
     grid = plan.grid
+    stats = area_summary(areas)
+    warnings = []
+    if stats["filled_share"] > FILLED_WARNING_SHARE:
+        warnings.append(f"{100 * stats['filled_share']:.1f}% of the AOI had no prediction and took the class of its "
+                        f"mapped neighbours (see {paths['filled'].name})")
+    for text in warnings:
+        log.warning("%s: %s", plan.config.name, text)
     return {
         "city": plan.config.name,
         "outputs": {k: paths[k].name for k in wanted},
-        "bands": ["lcz", *(["lczFilter"] if filtered else []), "lczProbability"],
+        "bands": {"map": [band], "lcz3": ["lcz", *(["lczFilter"] if filtered else []), "lczProbability"],
+                  "filled": ["filled"]},
         "area_band": band,
-        **class_areas(shown, plan.aoi_mask, plan.resolution),
+        "area_method": ("cell areas on the WGS 84 ellipsoid, per row of the written grid" if box.crs.geographic
+                        else "cell size of the written grid"),
+        **stats,
+        "warnings": warnings,
         "seconds": seconds,
         "model": {"name": plan.card.name, "network": plan.card.network, "weights_sha256": plan.card.weights_sha256,
                   "bands": list(plan.card.bands), "patch_size": plan.card.patch_size, "vhr_stream": plan.use_vhr},
@@ -348,68 +629,63 @@ def _summary(plan: PredictPlan, shown: np.ndarray, band: str, box, paths: dict[s
                  "output_crs": str(box.crs), "output_shape": list(box.shape), "output_transform": list(box.affine)[:6]},
         "options": {"batch_size": plan.batch_size, "block": plan.block, "nodata_threshold": plan.nodata_threshold,
                     "filter": filtered},
-        "inputs": json.loads(_tags(plan)["inputs"]),
+        "inputs": _input_names(plan),
         "lczmap_version": __version__,
     }
 
 
 def compute_probabilities(plan: PredictPlan, *, workers: int | None = None, scheduler: str | None = None,
-                          client: Any = None, progress: bool = True) -> np.ndarray:
-    """Run the block graph: threaded scheduler by default, a LocalCluster of `workers` processes, or a cluster."""
-    array = block_tasks(plan)
-    if client is None and workers is None and scheduler is None:
-        import dask
+                          client: Any = None, progress: bool = True, threads: int | None = None) -> np.ndarray:
+    """Run the block graph where lczmap.cluster.run_graph puts it: threaded here, a LocalCluster of `workers` processes, or a cluster."""
+    from .cluster import run_graph
 
-        callback = _tqdm_callback(progress)
-        with callback:
-            return dask.compute(array, scheduler="threads", num_workers=os.cpu_count())[0]
-    from .batch import dask_client
-
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(dask_client(workers, scheduler))
-        future = client.compute(array)
-        if progress:
-            from distributed import progress as distributed_progress
-
-            distributed_progress(future)
-        return future.result()
-
-
-def _tqdm_callback(progress: bool):
-    if not progress:
-        return contextlib.nullcontext()
-    from tqdm.dask import TqdmCallback
-
-    return TqdmCallback(desc="staging+inference", unit="task", leave=False)
+    return run_graph(block_tasks(plan), client=client, workers=workers, threads=threads, scheduler=scheduler,
+                     progress=progress, desc="staging+inference")
 
 
 def predict_city(
-    config: CityConfig,
+    config: CityConfig | None,
     out: str | Path,
     *,
     model: str | Path = DEFAULT_MODEL,
-    resolution: float = DEFAULT_RESOLUTION,
+    resolution: float | None = None,
     crs: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     workers: int | None = None,
+    threads: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
     probabilities: bool = False,
     filter: bool = True,
     nodata_threshold: float = DEFAULT_NODATA_THRESHOLD,
     vhr: bool | None = None,
+    composite: str = "median",
+    mask_snow: bool = False,
     progress: bool = True,
+    precision: str = "float32",
+    stack: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Plan, compute and write one city's LCZ map; returns the summary (also written as <stem>.summary.json)."""
-    out = check_output(out)
-    plan = plan_city(config, model, resolution=resolution, crs=crs, batch_size=batch_size,
-                     nodata_threshold=nodata_threshold, vhr=vhr)
-    log.info("%s: %d x %d cells of %g m in %s, model %s, %d blocks", config.name, *plan.grid.output.shape,
-             plan.resolution, plan.grid.crs, plan.card.name, len(plan.grid.output_blocks(plan.block)))
-    t0 = time.perf_counter()
-    probs = compute_probabilities(plan, workers=workers, scheduler=scheduler, client=client, progress=progress)
-    seconds = {"staging+inference": round(time.perf_counter() - t0, 3)}
-    summary = write_outputs(plan, probs, out, filter=filter, probabilities_file=probabilities, seconds=seconds)
-    log.info("wrote %s (%.1f%% of the AOI without data)", out, 100 * summary["nodata_share"])
-    return summary
+    """Plan, compute and write one city's LCZ map; returns the summary (also written as <stem>.summary.json).
+
+    `resolution` None: 100 m, or a `stack`'s own. `stack`: map from a Zarr stack of `lczmap stage` (then
+    `config` is None). `batch_size` may be "auto"; `precision` float32 or bfloat16.
+    """
+    out = check_output(out, config if stack is None else CityConfig(name="stack", aoi=Path(stack)))
+    with output_lock(out):  # a second run on this --out stops at once: being written by process N
+        plan = plan_city(config, model, resolution=resolution, crs=crs, batch_size=batch_size,
+                         nodata_threshold=nodata_threshold, vhr=vhr, composite=composite, mask_snow=mask_snow,
+                         precision=precision, stack=stack)
+        log.info("%s: %d x %d cells of %g m in %s, model %s, %d blocks", plan.config.name, *plan.grid.output.shape,
+                 plan.resolution, plan.grid.crs, plan.card.name, len(plan.grid.output_blocks(plan.block)))
+        if client is None and workers is None and scheduler is None:
+            from .inference import device_description, plan_model
+
+            plan_model(plan)  # load the model (and start the backend) before the first block, not inside it
+            log.info("inference in this process: %s, %s, batch %d", device_description(), plan.precision, plan.batch_size)
+        t0 = time.perf_counter()
+        probs = compute_probabilities(plan, workers=workers, threads=threads, scheduler=scheduler, client=client,
+                                      progress=progress)
+        seconds = {"staging+inference": round(time.perf_counter() - t0, 3)}
+        summary = write_outputs(plan, probs, out, filter=filter, probabilities_file=probabilities, seconds=seconds)
+        log.info("wrote %s (%.1f%% of the AOI without data)", out, 100 * summary["nodata_share"])
+        return summary

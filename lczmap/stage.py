@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,12 @@ from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 from rasterio.features import rasterize
 
+from .atomic import recover_aside, replace_path, write_json_atomic
 from .config import CityConfig
-from .errors import LczmapError
+from .errors import LczmapError, describe
 from .grid import CityGrid
-from .sources import Source, open_dsm, open_landcover, open_osm, open_sentinel2, open_vhr
-from .sources.sentinel2 import SCL_CLOUD
+from .locking import output_lock
+from .sources import Source, open_dsm, open_landcover, open_osm, open_products, open_vhr
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ BANDS: tuple[str, ...] = (
     "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "osm_buildings", "dsm", "landcover",
 )
 S2_BANDS = BANDS[:10]
+# Optional extra band (`valid_count=True`): clear Sentinel-2 observations per pixel in the composite.
+VALID_COUNT = "valid_count"
 # The bands each optional CityConfig entry fills; a missing entry leaves them NaN.
 OPTIONAL_BANDS = {"osm": ("osm_buildings",), "dsm": ("dsm",), "landcover": ("landcover",)}
 DEFAULT_CHUNK = 512
@@ -54,6 +56,8 @@ class StagePlan:
     missing: tuple[str, ...]
     positions: tuple[tuple[int, ...], ...]  # stack band indexes filled by each source
     fingerprint: str
+    bands: tuple[str, ...] = BANDS  # BANDS, plus VALID_COUNT when asked for
+    output: GeoBox | None = None  # the output grid the base grid pads (stored in a Zarr stack for `predict --stack`)
 
 
 @dataclass
@@ -72,11 +76,14 @@ class StagedStack:
         return np.asarray(self.data[:, rows, cols].values, dtype="float32")
 
 
-def plan_stage(config: CityConfig, grid: CityGrid) -> StagePlan:
-    """Open and check every source of `config` once (LczmapError on bad input); nothing is read in bulk yet."""
-    if config.sentinel2 is None:
-        raise LczmapError("no Sentinel-2 input: pass --s2 PATH or set 'sentinel2' in city.yaml (it is required)")
-    sources: list[Source] = [open_sentinel2(config.sentinel2, grid.aoi)]
+def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", valid_count: bool = False,
+               mask_snow: bool = False) -> StagePlan:
+    """Open and check every source of `config` once (LczmapError on bad input); nothing is read in bulk yet.
+
+    `composite` (median | best) combines several Sentinel-2 products; `valid_count` adds the band of clear
+    observations per pixel; `mask_snow` also treats SCL snow (11) as invalid.
+    """
+    sources: list[Source] = [open_products(config.sentinel2, grid, composite=composite, mask_snow=mask_snow)]
     missing: list[str] = []
     if config.osm is not None or config.osm_online:
         sources.append(open_osm(config.osm, grid.base, online=config.osm_online))
@@ -99,48 +106,52 @@ def plan_stage(config: CityConfig, grid: CityGrid) -> StagePlan:
         bands = [b for key in missing for b in OPTIONAL_BANDS[key]]
         log.warning("no %s input: band(s) %s are nodata (the model treats them as missing)", ", ".join(missing), ", ".join(bands))
     positions = tuple(tuple(BANDS.index(b) for b in s.bands) for s in sources)
+    bands = (*BANDS, VALID_COUNT) if valid_count else BANDS
     return StagePlan(
         name=config.name, base=grid.base, aoi=grid.aoi.geom, sources=tuple(sources), missing=tuple(missing),
-        positions=positions, fingerprint=_fingerprint(grid, sources, missing),
+        positions=positions, fingerprint=_fingerprint(grid, sources, missing, bands), bands=bands, output=grid.output,
     )
 
 
 def read_chunk(plan: StagePlan, base_rows: slice, base_cols: slice, stats: dict[str, int] | None = None) -> np.ndarray:
-    """The (13, h, w) float32 stack of one base-grid window, NaN = nodata; adds pixel counts to `stats` if given."""
+    """The (bands, h, w) float32 stack of one base-grid window, NaN = nodata; adds pixel counts to `stats` if given.
+
+    Each source window is read once; the Sentinel-2 composite is computed in the same read.
+    """
     geobox = plan.base[base_rows, base_cols]
-    out = np.full((len(BANDS), *geobox.shape), np.nan, dtype="float32")
-    extras: dict[str, np.ndarray] | None = {} if stats is not None else None
+    out = np.full((len(plan.bands), *geobox.shape), np.nan, dtype="float32")
+    extras: dict[str, np.ndarray] = {"aoi": _aoi_mask(plan, geobox)} if stats is not None else {}
     for source, pos in zip(plan.sources, plan.positions):
         if pos:
             out[list(pos)] = source.read(geobox, extras)
+    if VALID_COUNT in plan.bands:
+        out[plan.bands.index(VALID_COUNT)] = extras.get("valid_count", 0)
     if stats is not None:
-        _count(plan, geobox, out, extras or {}, stats)
+        _count(plan, out, extras, stats)
     return out
 
 
-def stage_city(config: CityConfig, grid: CityGrid, chunk: int = DEFAULT_CHUNK) -> StagedStack:
-    """Plan the city's sources, then return the lazy stack: one dask task per chunk, the plan in the graph once."""
-    return stack_from_plan(plan_stage(config, grid), chunk)
+def stage_city(config: CityConfig, grid: CityGrid, chunk: int = DEFAULT_CHUNK, **options: Any) -> StagedStack:
+    """Plan the city's sources (`options` go to plan_stage), then return the lazy stack: one dask task per chunk,
+    the plan in the graph once."""
+    return stack_from_plan(plan_stage(config, grid, **options), chunk)
 
 
 def stack_from_plan(plan: StagePlan, chunk: int = DEFAULT_CHUNK) -> StagedStack:
     """The dask-backed StagedStack of a plan, chunked `chunk` x `chunk` base pixels."""
-    array = blockwise_array(read_chunk, plan, f"lczmap-stage-{plan.fingerprint[:16]}-{chunk}", plan.base.shape, chunk, len(BANDS))
-    data = _as_dataarray(array, plan.base)
+    array = blockwise_array(read_chunk, plan, f"lczmap-stage-{plan.fingerprint[:16]}-{chunk}", plan.base.shape, chunk, len(plan.bands))
+    data = _as_dataarray(array, plan.base, plan.bands)
+    data.attrs.update(stack_metadata(plan))  # written into a Zarr stack with the data, for `predict --stack`
     return StagedStack(data=data, valid=_valid(data), report=build_report(plan), plan=plan)
 
 
-def _as_dataarray(array, base: GeoBox) -> xr.DataArray:
-    coords = {"band": list(BANDS), **xr_coords(base, crs_coord_name="spatial_ref")}
-    return xr.DataArray(array, dims=("band", "y", "x"), coords=coords, name="stack", attrs={"long_name": list(BANDS)})
+def _as_dataarray(array, base: GeoBox, bands: tuple[str, ...] = BANDS) -> xr.DataArray:
+    coords = {"band": list(bands), **xr_coords(base, crs_coord_name="spatial_ref")}
+    return xr.DataArray(array, dims=("band", "y", "x"), coords=coords, name="stack", attrs={"long_name": list(bands)})
 
 
 def _valid(data: xr.DataArray) -> xr.DataArray:
     return data.sel(band=list(S2_BANDS)).notnull().all("band").rename("valid")
-
-
-def _splits(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def blockwise_array(func: Any, plan: Any, name: str, shape: tuple[int, int], block: int, nbands: int):
@@ -150,29 +161,37 @@ def blockwise_array(func: Any, plan: Any, name: str, shape: tuple[int, int], blo
     """
     import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
+    from odc.geo.roi import Tiles  # GeoboxTiles' pixel arithmetic, for a shape without a GeoBox
 
-    rows, cols = _splits(shape[0], block), _splits(shape[1], block)
+    tiles = Tiles(shape, (block, block))
     plan_key = f"{name}-plan"
     layer: dict[Any, Any] = {plan_key: plan}
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            layer[(name, 0, i, j)] = (func, plan_key, r, c)
-    chunks = ((nbands,), tuple(r.stop - r.start for r in rows), tuple(c.stop - c.start for c in cols))
-    return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name, chunks, dtype="float32")
+    for i in range(tiles.shape.y):
+        for j in range(tiles.shape.x):
+            layer[(name, 0, i, j)] = (func, plan_key, *tiles[i, j])
+    return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name, ((nbands,), *tiles.chunks),
+                    dtype="float32")
 
 
 # ---- report ------------------------------------------------------------------------------------------
 
-def _count(plan: StagePlan, geobox: GeoBox, block: np.ndarray, extras: dict[str, np.ndarray], stats: dict[str, int]) -> None:
-    """Pixel counts inside the AOI for the report: per-source data, valid S2, SCL data and cloud."""
-    aoi = rasterize([plan.aoi], out_shape=geobox.shape, transform=geobox.affine, fill=0, default_value=1, dtype="uint8") == 1
+def _aoi_mask(plan: StagePlan, geobox: GeoBox) -> np.ndarray:
+    return rasterize([plan.aoi], out_shape=geobox.shape, transform=geobox.affine, fill=0, default_value=1, dtype="uint8") == 1
+
+
+def _count(plan: StagePlan, block: np.ndarray, extras: dict[str, np.ndarray], stats: dict[str, int]) -> None:
+    """Pixel counts inside the AOI for the report: per-source data, valid S2, S2 data and residual cloud, and the
+    pixels each Sentinel-2 product supplied to the composite (`s2_product_<k>_px`, k in the composite's order)."""
+    aoi = extras["aoi"]
     counts = {"aoi_px": aoi.sum()}
     for source, pos in zip(plan.sources, plan.positions):
         if pos:
             counts[f"{source.key}_px"] = (aoi & np.isfinite(block[list(pos)]).all(axis=0)).sum()
-    if "scl" in extras:
-        counts["scl_data_px"] = (aoi & (extras["scl"] != 0)).sum()
-        counts["scl_cloud_px"] = (aoi & np.isin(extras["scl"], SCL_CLOUD)).sum()
+    if "s2_data" in extras:
+        counts["scl_data_px"] = (aoi & extras["s2_data"]).sum()
+        counts["scl_cloud_px"] = (aoi & extras["s2_cloud"]).sum()
+    for k, px in enumerate(extras.get("s2_contrib", ())):
+        counts[f"s2_product_{k}_px"] = px
     for key, value in counts.items():
         stats[key] = stats.get(key, 0) + int(value)
 
@@ -191,6 +210,8 @@ def build_report(plan: StagePlan, counts: dict[str, int] | None = None) -> dict[
                 entry["coverage"] = frac(c["scl_data_px"] if has_scl else c.get("sentinel2_px", 0), aoi_px)
                 entry["cloud_fraction"] = frac(c.get("scl_cloud_px", 0), c.get("scl_data_px", 0)) if has_scl else None
                 entry["valid_fraction"] = frac(c.get("sentinel2_px", 0), aoi_px)
+                for k, product in enumerate(entry.get("products", [])):
+                    product["contributed"] = frac(c.get(f"s2_product_{k}_px", 0), aoi_px)
             else:
                 entry["coverage"] = frac(c.get(f"{source.key}_px", 0), aoi_px)
         sources[source.key] = entry
@@ -200,7 +221,7 @@ def build_report(plan: StagePlan, counts: dict[str, int] | None = None) -> dict[
     b = plan.base
     report: dict[str, Any] = {
         "city": plan.name,
-        "bands": list(BANDS),
+        "bands": list(plan.bands),
         "grid": {"crs": str(b.crs), "resolution_m": abs(b.resolution.x), "shape": list(b.shape),
                  "bounds": [round(v, 3) for v in b.boundingbox]},
         "sources": sources,
@@ -212,7 +233,7 @@ def build_report(plan: StagePlan, counts: dict[str, int] | None = None) -> dict[
     return report
 
 
-def _fingerprint(grid: CityGrid, sources: list[Source], missing: list[str]) -> str:
+def _fingerprint(grid: CityGrid, sources: list[Source], missing: list[str], bands: tuple[str, ...] = BANDS) -> str:
     """Identifies the inputs of a staging run (grid, sources, file sizes and times), so a resume never mixes inputs."""
     files = sorted({f for s in sources for f in s.files()})
     stamp = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) if os.path.exists(f) else (f,) for f in files]
@@ -222,31 +243,12 @@ def _fingerprint(grid: CityGrid, sources: list[Source], missing: list[str]) -> s
         "sources": [s.describe() for s in sources],
         "missing": missing,
         "files": stamp,
-        "bands": BANDS,
+        "bands": bands,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---- writing and reopening ---------------------------------------------------------------------------
-
-def limit_heap_retention() -> None:
-    """Make glibc return freed chunk-sized buffers to the OS (Linux only; a no-op elsewhere).
-
-    By default glibc raises its mmap threshold after the first large free and keeps later chunk arrays in
-    per-thread heaps, so the peak RSS of a chunked run creeps up with the number of chunks. A fixed 1 MiB
-    threshold sends every chunk-sized array to mmap/munmap, keeping peak memory flat with city size.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (fixed, which also stops the dynamic raise)
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        pass
-
 
 def stack_format(out: str | Path) -> str:
     """'zarr' or 'tif' from the output name; anything else is refused."""
@@ -258,11 +260,14 @@ def stack_format(out: str | Path) -> str:
     raise LczmapError(f"--out {out}: write a Zarr store (name ending .zarr) or a GeoTIFF (.tif)")
 
 
-def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, workers: int | None = None) -> dict[str, Any]:
-    """Write the stack chunk by chunk to `<out>.partial`, then rename to `out`; also `<out>.report.json`.
+def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, workers: int | None = None,
+                threads: int | None = None, scheduler: str | None = None) -> dict[str, Any]:
+    """Write the stack chunk by chunk to `<out>.partial`, then put it at `out`; also `<out>.report.json`.
 
     Zarr is resumable: chunks whose done marker exists are skipped when the same inputs are staged again.
-    Returns the report (with AOI coverage and cloud fraction).
+    One run per output at a time (a lock beside it); an existing `out` is replaced crash-safely, so `out`
+    only ever holds a complete stack. Chunks run where lczmap.cluster.run_graph puts them (`workers`
+    processes, `threads`, a `scheduler`). Returns the report (with AOI coverage and cloud fraction).
     """
     if staged.plan is None:
         raise LczmapError("only a freshly staged stack can be written (this one was reopened from a file)")
@@ -270,21 +275,35 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     fmt = stack_format(out)
     if not out.parent.exists():
         raise LczmapError(f"--out {out}: folder {out.parent} does not exist")
+    with output_lock(out):
+        recover_aside(out)
+        return _write_stack_locked(staged, out, fmt, progress, workers, threads, scheduler)
+
+
+def _write_stack_locked(staged: StagedStack, out: Path, fmt: str, progress: bool, workers: int | None, threads: int | None,
+                        scheduler: str | None) -> dict[str, Any]:
     partial = out.with_name(out.name + ".partial")
     plan = staged.plan
     rows = _splits_from(staged.data.chunks[1])
     cols = _splits_from(staged.data.chunks[2])
     run_id = f"{plan.fingerprint}-{staged.data.chunks[1][0]}x{staged.data.chunks[2][0]}"  # chunk markers depend on the chunking
-    sink = _ZarrSink(partial, staged.data, run_id) if fmt == "zarr" else _TiffSink(partial, staged.data)
+    try:
+        sink = _ZarrSink(partial, staged.data, run_id) if fmt == "zarr" else _TiffSink(partial, staged.data)
+    except OSError as exc:
+        raise LczmapError(f"{partial}: cannot write the stack here ({describe(exc)})") from None
     try:
         todo = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not sink.done(i, j)]
         if len(todo) < len(rows) * len(cols):
             log.info("resuming %s: %d of %d chunks already written", partial, len(rows) * len(cols) - len(todo), len(rows) * len(cols))
-        _run_chunks(plan, rows, cols, todo, sink, progress, workers)
+        _run_chunks(plan, rows, cols, todo, sink, progress, workers, threads, scheduler)
         counts = sink.finish()
     except LczmapError:
         sink.discard()  # a source failed mid-way: the inputs must change, so nothing here can be resumed
         raise
+    except OSError as exc:  # a full disk or a file-size limit: keep the finished Zarr chunks for a resume
+        if fmt == "tif":
+            sink.discard()
+        raise LczmapError(f"{partial}: writing the stack failed ({describe(exc)})") from None
     except BaseException:
         if fmt == "tif":
             sink.discard()
@@ -292,13 +311,19 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     report = build_report(plan, counts)
     report["output"] = {"path": str(out), "format": fmt, "chunk": list(staged.data.chunks[1][:1] + staged.data.chunks[2][:1])}
     report_path = out.with_name(out.name + ".report.json")
-    tmp = report_path.with_name(report_path.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default))
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(partial, out)
-    os.replace(tmp, report_path)
+    replace_path(partial, out)
+    write_json_atomic(report_path, json.loads(json.dumps(report, default=_json_default)))
     return report
+
+
+def _clear_foreign(partial: Path, want_dir: bool) -> None:
+    """Remove a leftover at our temporary name that is not what this sink writes (a file for a store, or the reverse)."""
+    if partial.is_symlink() or (partial.exists() and partial.is_dir() != want_dir):
+        log.info("%s is not a %s left by lczmap; removing it", partial, "store" if want_dir else "file")
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial)
+        else:
+            partial.unlink()
 
 
 def _json_default(value: Any) -> Any:
@@ -317,13 +342,16 @@ def _stage_block(plan: StagePlan, r: slice, c: slice, sink: Any, ij: tuple[int, 
     sink.write(ij, r, c, read_chunk(plan, r, c, stats), stats)
 
 
-def _run_chunks(plan, rows, cols, todo, sink, progress: bool, workers: int | None) -> None:
-    """One task per pending chunk, the plan once in the graph, on dask's threaded scheduler."""
+def _run_chunks(plan, rows, cols, todo, sink, progress: bool, workers: int | None, threads: int | None,
+                scheduler: str | None) -> None:
+    """One task per pending chunk, the plan once in the graph, where lczmap.cluster.run_graph runs it."""
     if not todo:
         return
-    import dask
-    from dask.diagnostics import ProgressBar
+    from .cluster import run_graph
 
+    if isinstance(sink, _TiffSink) and (workers is not None or scheduler is not None):
+        raise LczmapError("--workers/--scheduler: a GeoTIFF stack is written by one process; "
+                          "write a .zarr store to stage on worker processes, or use --threads")
     plan_key = f"lczmap-plan-{plan.fingerprint[:16]}"
     graph: dict[Any, Any] = {plan_key: plan}
     keys = []
@@ -331,16 +359,7 @@ def _run_chunks(plan, rows, cols, todo, sink, progress: bool, workers: int | Non
         key = ("lczmap-write", i, j)
         graph[key] = (_stage_block, plan_key, rows[i], cols[j], sink, (i, j))
         keys.append(key)
-    with ProgressBar(out=sys.stderr) if progress else _nothing():
-        dask.threaded.get(graph, keys, num_workers=workers)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    run_graph(graph, keys, workers=workers, threads=threads, scheduler=scheduler, progress=progress, desc="staging")
 
 
 class _ZarrSink:
@@ -352,14 +371,15 @@ class _ZarrSink:
 
         self.partial = partial
         self.markers = partial / _MARKERS
+        _clear_foreign(partial, want_dir=True)
         if partial.exists() and self._stored_fingerprint() != fingerprint:
             log.info("%s holds a run with other inputs; starting over", partial)
             shutil.rmtree(partial)
         if not partial.exists():
             template = data.copy(data=da.zeros(data.shape, chunks=data.chunks, dtype="float32"))
             ds = template.to_dataset(name="stack")
-            ds["stack"].encoding = {"chunks": (len(BANDS), data.chunks[1][0], data.chunks[2][0]), "_FillValue": np.nan}
-            ds.attrs["lczmap_bands"] = list(BANDS)
+            ds["stack"].encoding = {"chunks": (data.sizes["band"], data.chunks[1][0], data.chunks[2][0]), "_FillValue": np.nan}
+            ds.attrs["lczmap_bands"] = [str(b) for b in data["band"].values]
             ds.to_zarr(partial, mode="w", compute=False, consolidated=True, zarr_format=2)
             self.markers.mkdir()
             (self.markers / "plan.json").write_text(json.dumps({"fingerprint": fingerprint}))
@@ -404,13 +424,14 @@ class _TiffSink:
         self.partial = partial
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
+        _clear_foreign(partial, want_dir=False)
         geobox = data.odc.geobox
         self.dst = rasterio.open(
-            partial, "w", driver="GTiff", width=geobox.shape[1], height=geobox.shape[0], count=len(BANDS),
+            partial, "w", driver="GTiff", width=geobox.shape[1], height=geobox.shape[0], count=data.sizes["band"],
             dtype="float32", crs=geobox.crs.wkt, transform=geobox.affine, nodata=np.nan,
             tiled=True, blockxsize=256, blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
         )
-        self.dst.descriptions = BANDS
+        self.dst.descriptions = tuple(str(b) for b in data["band"].values)
 
     def done(self, i: int, j: int) -> bool:
         return False
@@ -447,8 +468,77 @@ def open_stack(path: str | Path, chunk: int = DEFAULT_CHUNK) -> StagedStack:
             data = data.assign_coords(band=list(data.attrs.get("long_name") or []))
     except (OSError, KeyError, ValueError) as exc:
         raise LczmapError(f"{path}: not a staged stack ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if tuple(str(b) for b in data["band"].values) != BANDS:
+    if tuple(str(b) for b in data["band"].values) not in (BANDS, (*BANDS, VALID_COUNT)):
         raise LczmapError(f"{path}: bands {list(data['band'].values)} are not the staged bands {list(BANDS)}")
     report_path = path.with_name(path.name + ".report.json")
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return StagedStack(data=data, valid=_valid(data), report=report)
+
+
+# ---- mapping from a written stack (`lczmap predict --stack`) -------------------------------------------
+
+def stack_metadata(plan: StagePlan) -> dict[str, str]:
+    """The grid, AOI, bands and provenance a Zarr stack carries (JSON strings, as Zarr attributes)."""
+    grid = {"crs": plan.base.crs.wkt, "base_shape": list(plan.base.shape), "base_transform": list(plan.base.affine)[:6]}
+    if plan.output is not None:
+        grid.update(output_shape=list(plan.output.shape), output_transform=list(plan.output.affine)[:6])
+    provenance = {"city": plan.name, "fingerprint": plan.fingerprint, "missing": list(plan.missing),
+                  "sources": {s.key: s.describe() for s in plan.sources}}
+    return {"lczmap_grid": json.dumps(grid), "lczmap_aoi": plan.aoi.wkt, "lczmap_band_names": json.dumps(list(plan.bands)),
+            "lczmap_provenance": json.dumps(provenance, default=_json_default)}
+
+
+@dataclass(frozen=True)
+class StackStore:
+    """A Zarr stack written by `lczmap stage`, read window by window like the sources (picklable: a path and facts)."""
+
+    path: str
+    bands: tuple[str, ...]
+    fingerprint: str  # the staging run's input fingerprint: a map from the stack is keyed like one from the inputs
+    missing: tuple[str, ...]
+    provenance: dict[str, Any]
+    sources: tuple[Source, ...] = ()
+
+    def read(self, base_rows: slice, base_cols: slice) -> np.ndarray:
+        """(bands, h, w) float32 of a base-grid window, NaN = nodata."""
+        return np.asarray(_zarr_array(self.path)[:, base_rows, base_cols], dtype="float32")
+
+
+_zarr_arrays: dict[str, Any] = {}
+
+
+def _zarr_array(path: str) -> Any:
+    """The stack's Zarr array, opened once per process (Zarr reads are thread-safe)."""
+    import zarr
+
+    if path not in _zarr_arrays:
+        _zarr_arrays[path] = zarr.open_group(path, mode="r")["stack"]
+    return _zarr_arrays[path]
+
+
+def open_stack_store(path: str | Path) -> tuple[StackStore, CityGrid]:
+    """The store and grid of a Zarr stack written by `lczmap stage` (LczmapError when it is not one)."""
+    from odc.geo.geom import Geometry
+    from shapely import wkt
+
+    path = Path(path)
+    if stack_format(path) != "zarr" or not path.is_dir():
+        raise LczmapError(f"--stack {path}: not a Zarr stack written by `lczmap stage` (a folder ending .zarr)")
+    try:
+        attrs = dict(_zarr_array(str(path)).attrs)
+        grid = json.loads(attrs["lczmap_grid"])
+        bands = tuple(json.loads(attrs["lczmap_band_names"]))
+        provenance = json.loads(attrs["lczmap_provenance"])
+        aoi = wkt.loads(attrs["lczmap_aoi"])
+    except Exception as exc:  # zarr's, json's and shapely's many errors all mean "not a complete stack"
+        raise LczmapError(f"--stack {path}: not a complete stack written by `lczmap stage` ({describe(exc)})") from None
+    if "output_shape" not in grid:
+        raise LczmapError(f"--stack {path}: the stack does not record its output grid; stage it again")
+    from affine import Affine
+
+    base = GeoBox(tuple(grid["base_shape"]), Affine(*grid["base_transform"]), grid["crs"])
+    output = GeoBox(tuple(grid["output_shape"]), Affine(*grid["output_transform"]), grid["crs"])
+    factor = round(output.resolution.x / base.resolution.x)
+    halo = (base.shape[0] - output.shape[0] * factor) // 2
+    store = StackStore(str(path), bands, provenance["fingerprint"], tuple(provenance["missing"]), provenance)
+    return store, CityGrid(aoi=Geometry(aoi, grid["crs"]), output=output, base=base, halo=halo)

@@ -42,29 +42,35 @@ def nodata_share(block: np.ndarray, patch: int, step: int) -> np.ndarray:
 
 
 class BlockPatches:
-    """The accepted patches of one block, handed out normalised in batches (only a batch is ever copied).
+    """The accepted patches of one block: its normalised image, the accepted cells, and their windows as views.
 
     The block is normalised once, before cutting: neighbouring windows overlap about (patch/step)^2 times,
-    so this is that many times less work than normalising every patch, with identical values.
+    so this is that many times less work than normalising every patch, with identical values. `pad_to`:
+    zero-pad the image to pad_to x pad_to pixels (a full block's window), so every block has one shape.
     """
 
     def __init__(self, block: np.ndarray, card: ModelCard, step: int, nodata_threshold: float = DEFAULT_NODATA_THRESHOLD,
-                 mask: np.ndarray | None = None):
+                 mask: np.ndarray | None = None, pad_to: int | None = None):
         patch = card.patch_size
         # A cell is mapped when at most `nodata_threshold` of its window is missing (and it is in `mask`).
         self.valid = nodata_share(block, patch, step) <= nodata_threshold
         if mask is not None:
             self.valid &= mask
         self.cells = np.argwhere(self.valid)
-        image = card.normalise(block.transpose(1, 2, 0)[None])[0]
+        _, h, w = block.shape
+        self.image = np.zeros((max(h, pad_to or 0), max(w, pad_to or 0), block.shape[0]), np.float32)
+        self.image[:h, :w] = card.normalise(block.transpose(1, 2, 0)[None])[0]
         # Remaining NaNs (below the threshold) become the band mean, i.e. 0 after normalisation.
-        np.nan_to_num(image, copy=False, nan=0.0)
-        self.views = patch_views(image, patch, step)
+        np.nan_to_num(self.image, copy=False, nan=0.0)
+        self.views = patch_views(self.image, patch, step)
 
     def __len__(self) -> int:
         return len(self.cells)
 
     def batch(self, start: int, stop: int) -> np.ndarray:
         """Normalised patches start..stop of the accepted cells, (n, p, p, bands) float32, NaN-free."""
-        cells = self.cells[start:stop]
+        return self.take(self.cells[start:stop])
+
+    def take(self, cells: np.ndarray) -> np.ndarray:
+        """Normalised patches of block cells (n, 2), copied out of the views."""
         return self.views[cells[:, 0], cells[:, 1]]

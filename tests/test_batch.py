@@ -300,7 +300,7 @@ def test_a_killed_worker_does_not_lose_the_run(workspace, client, killed_and_res
 
 def test_gpu_workers_each_see_only_their_own_gpu():
     """--gpus: one worker process per listed device with CUDA_VISIBLE_DEVICES set (checked without GPUs)."""
-    from lczmap.batch import dask_client
+    from lczmap.cluster import dask_client
 
     with dask_client(gpus=["0", "2"]) as c:
         seen = c.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()))

@@ -125,7 +125,7 @@ def test_cli_map_evaluation_and_bad_input(scene, tmp_path):
         (["--map", str(tmp_path / "none.tif"), "--reference", str(ref)], "none.tif: file does not exist"),
         (["--map", str(tmp_path / "notes.txt"), "--reference", str(ref)], "not a readable raster"),
         (["--map", str(map_path), "--reference", str(tmp_path / "gone.geojson")], "gone.geojson: reference file does not exist"),
-        (["--map", str(map_path), "--reference", str(ref), "--column", "klass"], "--column klass: not a column"),
+        (["--map", str(map_path), "--reference", str(ref), "--reference-column", "klass"], "--reference-column klass: not a column"),
         (["--map", str(map_path), "--reference", str(ref), "--band", "lcz_raw"], "--band lcz_raw: no band"),
         (["--map", str(map_path), "--reference", str(far)], "no reference polygon covers a mapped pixel"),
         (["--map", str(map_path)], "--map needs --reference"),
@@ -177,3 +177,135 @@ def test_model_scored_on_patch_dataset(tmp_path):
     expected = float((probs.argmax(axis=1) + 1 == codes).mean())
     assert report["n"] == 24 and report["oa"] == pytest.approx(expected)
     assert report["network"] == "msmla18" and (tmp_path / "e.png").exists()
+
+
+# --- map against map, on real maps ---------------------------------------------------------------------------------
+# ../shared/realdata/lcz_maps (see its PROVENANCE.md): a WUDAPT map of Zaragoza (w2w test data, MIT; int32, nodata
+# -999, EPSG:4326) and a crop of the global LCZ map over Sydney (Demuzere et al. 2022, CC-BY 4.0, via lczexplore;
+# int16, three bands lcz/lczFilter/classProbability, EPSG:4326).
+REAL_MAPS = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "lcz_maps"
+needs_real_maps = pytest.mark.skipif(not REAL_MAPS.is_dir(), reason="../shared/realdata not present")
+
+
+def crop(src: Path, dst: Path, col: int, row: int, width: int, height: int) -> Path:
+    from rasterio.windows import Window
+
+    with rasterio.open(src) as ds:
+        window = Window(col, row, width, height)
+        profile = {**ds.profile, "width": width, "height": height, "transform": ds.window_transform(window)}
+        data = ds.read(window=window)
+        descriptions = ds.descriptions
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+        for i, d in enumerate(descriptions, 1):
+            if d:
+                out.set_band_description(i, d)
+    return dst
+
+
+def recoded_copy(src: Path, dst: Path, *, crs: str, factor: float, dtype: str, nodata, shift_cells: float = 0.0) -> Path:
+    """`src`'s classes with A-G as WRF's 101-107, in another dtype/nodata, reprojected (nearest) to `crs` at
+    `factor` times its cell size, optionally shifted east by `shift_cells` of its own cells."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    from lczmap.evaluate import read_lcz_band
+
+    codes, transform, src_crs, _ = read_lcz_band(src)
+    wrf = np.where(codes >= 11, codes.astype(np.int32) + 90, codes.astype(np.int32))
+    dst_t, w, h = calculate_default_transform(src_crs, crs, codes.shape[1], codes.shape[0], *array_bounds(*codes.shape, transform))
+    dst_t = dst_t * rasterio.Affine.scale(factor)
+    w, h = int(np.ceil(w / factor)), int(np.ceil(h / factor))
+    out = np.zeros((h, w), np.int32)
+    reproject(wrf, out, src_transform=transform, src_crs=src_crs, src_nodata=0, dst_transform=dst_t, dst_crs=crs,
+              dst_nodata=0, resampling=Resampling.nearest)
+    data = np.where(out == 0, nodata, out).astype(dtype)
+    with rasterio.open(dst, "w", driver="GTiff", width=w, height=h, count=1, dtype=dtype, crs=crs, nodata=nodata,
+                       transform=dst_t * rasterio.Affine.translation(shift_cells / factor, 0)) as ds:
+        ds.write(data, 1)
+    return dst
+
+
+def test_a_map_against_its_own_recoded_copy_scores_one_and_a_shifted_copy_less(scene, tmp_path):
+    """Our UTM map against a copy in EPSG:4326, WRF coding, int32 with -999 nodata, finer cells: OA 1; shifted: lower."""
+    map_path, _ = scene
+    copy = recoded_copy(map_path, tmp_path / "copy.tif", crs="EPSG:4326", factor=0.25, dtype="int32", nodata=-999)
+    with rasterio.open(copy) as ds:
+        values = set(np.unique(ds.read(1)).tolist())
+        assert ds.crs.to_epsg() == 4326 and {2, 6, 101, 104} <= values <= {-999, 2, 6, 101, 104}
+    report = evaluate_map(map_path, copy, draws=3, out=tmp_path / "copy.json")
+    assert report["reference_resampling"].startswith("majority") and report["all_samples"]["oa"] == 1.0
+    assert report["n_pixels"] == 400 and report["n_map_only"] == 0
+    shifted = recoded_copy(map_path, tmp_path / "shifted.tif", crs="EPSG:4326", factor=0.25, dtype="int32", nodata=-999,
+                           shift_cells=3)
+    assert evaluate_map(map_path, shifted, draws=3, out=tmp_path / "shifted.json")["all_samples"]["oa"] < 0.9
+
+
+@needs_real_maps
+def test_real_zaragoza_map_against_recoded_projected_and_shifted_copies(tmp_path):
+    zaragoza = crop(REAL_MAPS / "zaragoza_wudapt_lcz.tif", tmp_path / "zaragoza.tif", 450, 250, 200, 150)
+    finer = recoded_copy(zaragoza, tmp_path / "utm_fine.tif", crs="EPSG:32630", factor=0.25, dtype="float32", nodata=np.nan)
+    report = evaluate_map(zaragoza, finer, draws=3, out=tmp_path / "fine.json")
+    assert report["band"]["nodata"] == -999 and report["reference_resampling"].startswith("majority")
+    assert report["all_samples"]["oa"] == 1.0 and report["n_pixels"] == 200 * 150
+    coarser = recoded_copy(zaragoza, tmp_path / "utm_coarse.tif", crs="EPSG:32630", factor=2, dtype="int16", nodata=-1)
+    report = evaluate_map(zaragoza, coarser, draws=3, out=tmp_path / "coarse.json")
+    assert report["reference_resampling"] == "nearest" and 0.3 < report["all_samples"]["oa"] < 1.0
+    shifted = recoded_copy(zaragoza, tmp_path / "shifted.tif", crs="EPSG:32630", factor=0.25, dtype="int16", nodata=-1,
+                           shift_cells=4)
+    assert evaluate_map(zaragoza, shifted, draws=3, out=tmp_path / "shifted.json")["all_samples"]["oa"] < 0.9
+
+
+@needs_real_maps
+def test_real_three_band_global_map_picks_lczfilter_and_writes_the_agreement_map(tmp_path):
+    sydney = crop(REAL_MAPS / "sydney_global_lcz_crop.tif", tmp_path / "sydney.tif", 500, 300, 200, 150)
+    with rasterio.open(sydney) as ds:
+        raw, filtered = ds.read(1), ds.read(2)
+        profile = {**ds.profile, "count": 1}
+    with rasterio.open(tmp_path / "raw.tif", "w", **profile) as out:  # a single band: the unfiltered `lcz` band
+        out.write(raw, 1)
+    report = evaluate_map(sydney, sydney, draws=3, out=tmp_path / "self.json")
+    assert report["band"]["description"] == "lczFilter" and report["reference_band"]["description"] == "lczFilter"
+    assert report["all_samples"]["oa"] == 1.0
+    report = evaluate_map(sydney, tmp_path / "raw.tif", draws=3, out=tmp_path / "raw.json")
+    both = (raw > 0) & (filtered > 0)
+    assert report["all_samples"]["oa"] == pytest.approx((raw[both] == filtered[both]).mean()) and report["all_samples"]["oa"] < 1
+    with rasterio.open(tmp_path / "raw.agreement.tif") as ds:
+        agreement = ds.read(1)
+        assert ds.crs == profile["crs"] and ds.transform == profile["transform"] and ds.descriptions == ("agreement",)
+        assert ds.colormap(1)[1][:3] == (26, 152, 80) and ds.tags()["code_2"] == "different class"
+    assert (agreement == 1).sum() == (raw[both] == filtered[both]).sum() and (agreement == 2).sum() == (raw[both] != filtered[both]).sum()
+    assert report["agreement_map"] == "raw.agreement.tif"
+
+
+@needs_real_maps
+def test_a_coarser_utm_map_against_the_finer_global_map_takes_the_majority(tmp_path):
+    """A 300 m UTM map made from Sydney's lczFilter by majority of cell centres scores OA 1 against the 90 m original."""
+    from rasterio.transform import from_origin
+
+    from lczmap.evaluate import majority_on_grid, read_lcz_band
+
+    sydney = crop(REAL_MAPS / "sydney_global_lcz_crop.tif", tmp_path / "sydney.tif", 500, 300, 200, 150)
+    codes, transform, crs, _ = read_lcz_band(sydney)
+    grid = from_origin(315_000, 6_255_000, 300, 300)  # EPSG:32756 over the crop
+    coarse = majority_on_grid(codes, transform, crs, (40, 40), grid, "EPSG:32756")
+    assert (coarse > 0).mean() > 0.5
+    coarse_path = write_map(tmp_path / "coarse.tif", [coarse], crs="EPSG:32756", res=300)
+    with rasterio.open(coarse_path, "r+") as ds:
+        ds.transform = grid
+    report = evaluate_map(coarse_path, sydney, draws=3, out=tmp_path / "coarse.json")
+    assert report["reference_resampling"].startswith("majority") and report["all_samples"]["oa"] == 1.0
+
+
+def test_values_that_are_not_classes_are_listed(tmp_path):
+    lcz = np.full((10, 10), 6, np.int16)
+    lcz[0] = -1  # the nodata
+    lcz[1, :3] = 99  # not a class, not nodata: no class, but said so
+    path = tmp_path / "odd.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="int16", crs=CRS,
+                       transform=from_origin(X0, Y0, RES, RES), nodata=-1) as dst:
+        dst.write(lcz, 1)
+    from lczmap.evaluate import read_lcz_band
+
+    codes, _, _, info = read_lcz_band(path)
+    assert (codes == 0).sum() == 13 and info["values_without_class"] == [99] and info["nodata"] == -1

@@ -135,10 +135,12 @@ def test_missing_aoi(tmp_path):
         read_aoi(tmp_path / "nope.geojson")
 
 
-def test_huge_aoi_is_refused(tmp_path):
+def test_huge_aoi_goes_to_the_region_path(tmp_path):
+    from lczmap.region import needs_region
+
     path = write_geojson(tmp_path / "aoi.geojson", [square(120, 30, 6.0)])
-    with pytest.raises(LczmapError, match="split it"):
-        city_grid(read_aoi(path))
+    assert needs_region(read_aoi(path))  # no longer refused: mapped in tiles (lczmap.region)
+    assert not needs_region(read_aoi(write_geojson(tmp_path / "city.geojson", [square(127.0, 37.5)])))
 
 
 def test_geometry_roundtrip_keeps_crs(tmp_path):

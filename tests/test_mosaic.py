@@ -7,8 +7,8 @@ from odc.geo.geobox import GeoBox
 from rio_cogeo.cogeo import cog_validate
 
 from lczmap.classes import lcz_classes
-from lczmap.mosaic import (classify, colour_tag, filter_kernel_px, lcz_filter, output_geobox, reproject_nearest,
-                           write_cog)
+from lczmap.mosaic import (Band, class_vrt, classify, colour_tag, filter_kernel_px, lcz_band, lcz_filter, output_geobox,
+                           reproject_stack, translate_cog, write_block)
 from lczmap.report import class_areas, nice_length, quicklook
 
 
@@ -75,30 +75,43 @@ def utm_box():
     return GeoBox.from_bbox((500000, 4150000, 503000, 4154000), "EPSG:32652", resolution=100)
 
 
-def test_cog_is_valid_and_carries_metadata(tmp_path, utm_box):
+def test_blocks_joined_into_a_cog_carry_colours_names_and_tags(tmp_path, utm_box):
     rng = np.random.default_rng(1)
-    data = rng.integers(0, 18, (3, *utm_box.shape), dtype=np.uint8)
+    data = rng.integers(0, 18, (2, *utm_box.shape), dtype=np.uint8)
+    data[1] = rng.integers(0, 4, utm_box.shape)  # a status band (0-3), for the area table
+    blocks = []
+    for k, (rows, cols) in enumerate([(slice(0, 40), slice(0, 16)), (slice(0, 40), slice(16, 30))]):
+        areas = write_block(data[:, rows, cols], str(tmp_path / f"b{k}.tif"), utm_box, rows, cols, area_band=0,
+                             status_band=1)
+        assert areas.sum() == pytest.approx((rows.stop - rows.start) * (cols.stop - cols.start) * 0.01)
+        blocks.append((f"b{k}.tif", rows, cols))
+    vrt = tmp_path / "m.vrt"
+    vrt.write_text(class_vrt(utm_box, blocks, [lcz_band(1, "lcz"), Band(2, "other", {"kind": "status"})],
+                             {"model": "m", "LCZ_COLOURS": colour_tag()}))
     path = tmp_path / "lcz.tif"
-    write_cog(path, data, utm_box, ["lcz", "lczFilter", "lczProbability"], nodata=0,
-              tags={"model": "m", "LCZ_COLOURS": colour_tag()}, band_tags=[{"kind": "class"}, {}, {}])
-    valid, errors, _ = cog_validate(str(path), quiet=True)
+    translate_cog(vrt, path)
+    valid, errors, _ = cog_validate(str(path), strict=True, quiet=True)
     assert valid, errors
     with rasterio.open(path) as src:
         assert (src.read() == data).all()
-        assert src.descriptions == ("lcz", "lczFilter", "lczProbability")
+        assert src.descriptions == ("lcz", "other")
         assert src.nodata == 0 and src.crs.to_epsg() == 32652 and src.transform == utm_box.affine
-        assert src.tags()["model"] == "m" and src.tags(1)["kind"] == "class"
+        assert src.tags()["model"] == "m" and src.tags(2)["kind"] == "status"
         colours = dict(item.split(":") for item in src.tags()["LCZ_COLOURS"].split(","))
         assert colours == {str(c.code): c.colour for c in lcz_classes()}
 
 
 def test_lonlat_reprojection_keeps_codes_and_area(utm_box):
+    import dask.array as da
+
     lcz = background(shape=utm_box.shape)
     lcz[:, :15] = 2
     lcz[:5] = 0
     dst = output_geobox(utm_box, "EPSG:4326")
     assert dst.crs.epsg == 4326
-    out = reproject_nearest(lcz[None], utm_box, dst, nodata=0)[0]
+    out = reproject_stack(da.from_array(lcz[None], chunks=(1, 16, 16)), utm_box, dst)
+    assert out.chunksize[1] < dst.shape[0] or out.chunksize[2] < dst.shape[1]  # still in blocks
+    out = out.compute()[0]
     assert set(np.unique(out)) <= {0, 2, 14}
     # Square degree pixels of about the same ground size: the class shares are kept within a few %.
     share = lambda a, code: (a == code).sum() / (a > 0).sum()  # noqa: E731

@@ -69,36 +69,46 @@ def test_map_is_a_cog_on_the_city_grid(plan, mapped):
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == plan.grid.crs.epsg
         assert src.transform == plan.grid.output.affine and src.shape == plan.grid.output.shape
+        assert src.descriptions == ("lczFilter",) and src.dtypes == ("uint8",) and src.nodata == 0
+        shown = src.read(1)
+    # The LCZ Generator's three bands, in their own file beside the map.
+    with rasterio.open(output_paths(out)["lcz3"]) as src:
         assert src.descriptions == ("lcz", "lczFilter", "lczProbability")
-        assert src.dtypes == ("uint8",) * 3 and src.nodata == 0
+        assert src.dtypes == ("uint8",) * 3 and src.nodata == 0 and src.transform == plan.grid.output.affine
         lcz, filtered, prob = src.read()
+        colour_tags = src.tags()
+    with rasterio.open(out) as src:
         tags = src.tags()
     aoi = plan.aoi_mask
+    assert np.array_equal(shown, filtered)
     assert (lcz[~aoi] == 0).all() and (filtered[~aoi] == 0).all() and (prob[~aoi] == 0).all()
     assert lcz.max() <= 17 and (lcz[aoi] > 0).mean() > 0.5
     assert ((prob >= 6) & (prob <= 100))[lcz > 0].all()  # argmax of 17 probabilities is at least 1/17
-    assert ((filtered > 0) == (lcz > 0)).all()
+    assert (filtered[lcz > 0] > 0).all()  # and cells without prediction are filled from their neighbours
     assert tags["model"] == plan.card.name and tags["model_weights_sha256"] == plan.card.weights_sha256
     assert "sentinel2" in json.loads(tags["inputs"]) and tags["lczmap_version"]
-    colours = dict(item.split(":") for item in tags["LCZ_COLOURS"].split(","))
+    colours = dict(item.split(":") for item in colour_tags["LCZ_COLOURS"].split(","))
     assert colours == {str(c.code): c.colour for c in lcz_classes()}
 
 
 def test_probabilities_file(plan, mapped):
     probs, out, _ = mapped
     path = output_paths(out)["probabilities"]
-    with rasterio.open(path) as src, rasterio.open(out) as lcz_src:
+    with rasterio.open(path) as src, rasterio.open(output_paths(out)["lcz3"]) as lcz_src:
         assert src.count == 18 and src.descriptions[0] == "lcz_1" and src.descriptions[-1] == "lczProbability"
-        assert src.tags(11)["lcz"] == "A" and src.nodata == 255
-        pct = src.read()
+        assert src.tags(11)["lcz"] == "A" and src.nodata == 0
+        # Class probabilities are stored as percent + 1 (GDAL offset -1), so that 0 stays "no data".
+        assert src.offsets == (-1.0,) * 17 + (0.0,)
+        pct = src.read().astype(int) + np.array(src.offsets, int)[:, None, None]
         lcz = lcz_src.read(1)
     m = lcz > 0
     # Band 18 is the probability of the chosen raw class, which is the most probable one.
     rows, cols = np.nonzero(m)
     assert (pct[17][m] == pct[lcz[m] - 1, rows, cols]).all()
     assert (pct[17][m] == pct[:17].max(axis=0)[m]).all()
-    assert np.abs(pct[:17].astype(int).sum(axis=0)[m] - 100).max() <= 9  # 17 roundings of up to 0.5 %
-    assert (pct[:, ~plan.aoi_mask] == 255).all()
+    assert np.abs(pct[:17].sum(axis=0)[m] - 100).max() <= 9  # 17 roundings of up to 0.5 %
+    with rasterio.open(path) as src:
+        assert (src.read()[:, ~plan.aoi_mask] == 0).all()
 
 
 def test_summary_and_quicklook(plan, mapped):
@@ -108,11 +118,12 @@ def test_summary_and_quicklook(plan, mapped):
     assert summary["area_band"] == "lczFilter"
     assert sum(c["km2"] for c in summary["classes"].values()) == pytest.approx(summary["mapped_km2"], abs=0.01)
     assert summary["mapped_km2"] + summary["nodata_share"] * summary["aoi_km2"] == pytest.approx(summary["aoi_km2"], abs=0.01)
-    assert set(summary["seconds"]) == {"plan", "staging+inference", "filter", "write"}
+    assert set(summary["seconds"]) == {"plan", "staging+inference", "blocks", "cogs", "quicklook"}
     assert summary["model"]["weights_sha256"] == plan.card.weights_sha256
     assert summary["grid"]["transform"] == list(plan.grid.output.affine)[:6]
     assert paths["quicklook"].read_bytes()[:4] == b"\x89PNG"
-    assert 'band="2"' in paths["style"].read_text()  # QGIS draws lczFilter in the WUDAPT colours
+    assert 'band="1"' in paths["style"].read_text()  # QGIS draws lczFilter in the WUDAPT colours
+    assert 'band="2"' in paths["lcz3_style"].read_text()
     assert not list(out.parent.glob(".*tmp"))
 
 
@@ -152,12 +163,14 @@ def test_cli_lonlat_without_filter(demo_city, model, tmp_path):
     assert result.exit_code == 0, result.output
     assert cog_validate(str(out), quiet=True)[0]
     with rasterio.open(out) as src:
-        assert src.crs.to_epsg() == 4326 and src.descriptions == ("lcz", "lczProbability")
+        assert src.crs.to_epsg() == 4326 and src.descriptions == ("lcz",)
         assert src.res[0] == pytest.approx(src.res[1]) and 0.0007 < src.res[0] < 0.0013  # ~100 m in degrees
         lcz = src.read(1)
         corner = src.read(1, window=((0, 1), (0, 1)))
     assert set(np.unique(lcz)) - {0} <= set(range(1, 18)) and (lcz > 0).sum() > 500
     assert corner[0, 0] == 0  # outside the rotated UTM footprint / AOI
+    with rasterio.open(output_paths(out)["lcz3"]) as src:
+        assert src.crs.to_epsg() == 4326 and src.descriptions == ("lcz", "lczProbability")
     summary = json.loads(output_paths(out)["summary"].read_text())
     assert summary["grid"]["output_crs"] == "EPSG:4326" and summary["area_band"] == "lcz"
 
@@ -202,14 +215,14 @@ def test_failed_write_leaves_no_partial_files(plan, mapped, tmp_path, monkeypatc
     import lczmap.mosaic
 
     probs, _, _ = mapped
-    real = lczmap.mosaic.write_cog
+    real = lczmap.mosaic.translate_cog
 
-    def fail_on_probabilities(path, data, *args, **kwargs):
-        if data.shape[0] == 18:
+    def fail_on_probabilities(vrt, path, *args, **kwargs):
+        if "probabilities" in path.name:
             raise OSError("disk full")
-        return real(path, data, *args, **kwargs)
+        return real(vrt, path, *args, **kwargs)
 
-    monkeypatch.setattr(lczmap.mosaic, "write_cog", fail_on_probabilities)
+    monkeypatch.setattr(lczmap.mosaic, "translate_cog", fail_on_probabilities)
     with pytest.raises(OSError):
         write_outputs(plan, probs, tmp_path / "lcz.tif", probabilities_file=True)
     assert list(tmp_path.iterdir()) == []

@@ -363,11 +363,11 @@ def test_zarr_resumes_after_an_interruption(city, grid, tmp_path):
     total = int(np.prod(stack_from_plan(plan, chunk).data.data.numblocks))
     first = dataclasses.replace(plan, sources=(Interrupting(plan.sources[0], after=5), *plan.sources[1:]))
     with pytest.raises(KeyboardInterrupt):
-        write_stack(stack_from_plan(first, chunk), out, progress=False, workers=2)
+        write_stack(stack_from_plan(first, chunk), out, progress=False, threads=2)
     assert not out.exists() and Path(f"{out}.partial").exists()
     counting = Interrupting(plan.sources[0], after=None)
     second = dataclasses.replace(plan, sources=(counting, *plan.sources[1:]))
-    write_stack(stack_from_plan(second, chunk), out, progress=False, workers=2)
+    write_stack(stack_from_plan(second, chunk), out, progress=False, threads=2)
     assert total - 5 <= counting.calls < total  # chunks finished before the interruption were not read again
     assert out.exists() and not Path(f"{out}.partial").exists()
     fresh = read_chunk(plan, slice(0, grid.base.shape[0]), slice(0, grid.base.shape[1]))

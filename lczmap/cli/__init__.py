@@ -4,25 +4,42 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import click
 
 from .. import __version__
-from ..errors import LczmapError
+from ..errors import as_lczmap_error
+from .options import Checked
 
 
 class LczmapGroup(click.Group):
-    """Turns LczmapError into one line on stderr and exit code 1, with no traceback."""
+    """The single error boundary: every failure of a command ends as one line `Error: <file or option>: <what>`.
+
+    LczmapError carries its own line; any other exception (rasterio, pyproj, shapely, pyogrio, h5py, an
+    OSError such as a full disk, one re-raised from a Dask worker) is named by the file it concerns, or by
+    the command. Exit code 1 and no traceback, except with -v, where the traceback comes first for bug reports.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except LczmapError as exc:
-            click.echo(f"Error: {exc}", err=True)
+        except click.BadParameter as exc:  # a refused value is a bad input like any other: one line, exit 1
+            hint = exc.param.opts[0] if exc.param is not None and exc.param.opts else (exc.param_hint or "option")
+            sep = " " if exc.param is not None and isinstance(exc.param.type, Checked) else ": "  # Checked names the value
+            click.echo(f"Error: {hint}{sep}{exc.message}", err=True)
             ctx.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except KeyboardInterrupt:
             click.echo("Interrupted; finished outputs are kept, run the same command again to resume.", err=True)
             ctx.exit(130)
+        except Exception as exc:  # the boundary: nothing below it reaches the user as a traceback
+            if (ctx.obj or {}).get("verbosity", 0) > 0:
+                traceback.print_exc()
+            command = f"lczmap {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "lczmap"
+            click.echo(f"Error: {as_lczmap_error(exc, command)}", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=LczmapGroup, context_settings={"help_option_names": ["-h", "--help"]})

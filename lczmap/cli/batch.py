@@ -5,33 +5,33 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .options import SCHEDULER, threads_opt
 from ..errors import LczmapError
 
 
 @cli.command("batch")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local Dask cluster, one thread each (default: one per CPU core).")
+              help="Worker processes of the local Dask cluster (default: one per CPU core).")
+@threads_opt
 @click.option("--gpus", default=None, metavar="IDS",
               help="GPU machines: one local worker per listed CUDA device (e.g. 0,1,2,3), each seeing only its own GPU.")
-@click.option("--scheduler", default=None,
+@click.option("--scheduler", type=SCHEDULER, default=None,
               help="Use the running Dask cluster at this address (e.g. tcp://host:8786) instead of a local one.")
 @click.pass_context
-def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, gpus: str | None, scheduler: str | None) -> None:
+def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, threads: int | None, gpus: str | None,
+              scheduler: str | None) -> None:
     """Map many cities: PIPELINE is a YAML file with output_dir, optional predict options and a list of cities.
 
     Writes OUTPUT_DIR/<name>.tif (with its summary JSON and quicklook) per city and OUTPUT_DIR/manifest.json.
     Run the same command again after an interruption: finished cities are skipped (their checksum is verified)
     and the others are redone. Exits 1 when any city failed; the others are still mapped.
     """
-    import os
-
-    # TensorFlow's C++ start-up chatter, once per worker process, would bury the per-city lines
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ..batch import load_pipeline, run_batch
+    from ..cluster import check_cluster_options, configure_process
 
-    if sum(x is not None for x in (workers, gpus, scheduler)) > 1:
-        raise LczmapError("--workers, --gpus and --scheduler exclude each other: pick one way to get workers")
+    configure_process()  # GDAL and heap settings (and quiet TensorFlow start-up), as on every worker
+    check_cluster_options(workers, threads, scheduler, gpus)
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):
         raise LczmapError(f"--gpus {gpus}: expected CUDA device numbers separated by commas, e.g. 0,1")
@@ -46,7 +46,7 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, gpus: str 
             detail = "unchanged since the last run" if entry["status"] == "skipped" else f"{seconds:.1f} s"
             click.echo(f"{entry['status']:<8} {name} -> {pipe.output_dir / entry['output']} ({detail})", err=True)
 
-    manifest = run_batch(pipe, workers=workers, gpus=gpu_ids, scheduler=scheduler, on_city=report)
+    manifest = run_batch(pipe, workers=workers, threads=threads, gpus=gpu_ids, scheduler=scheduler, on_city=report)
     failed = [name for name, entry in manifest["cities"].items() if entry["status"] == "failed"]
     if failed:
         raise LczmapError(

@@ -15,10 +15,12 @@ from . import cli
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed: the same seed gives the same city."
 )
 @click.option("--size-km", type=float, default=8.0, show_default=True, help="Width of the city's square AOI in km (1-40).")
-def demo_cmd(folder: Path, seed: int, size_km: float) -> None:
-    """Generate a demo city in FOLDER: AOI, Sentinel-2 L2A SAFE, DSM/DTM, WorldCover, OSM, VHR image, training
+@click.option("--scenes", type=int, default=3, show_default=True,
+              help="Sentinel-2 products of the city on different dates (clouds, season, a swath edge); 1-12.")
+def demo_cmd(folder: Path, seed: int, size_km: float, scenes: int) -> None:
+    """Generate a demo city in FOLDER: AOI, Sentinel-2 L2A SAFE products (--scenes), DSM/DTM, WorldCover, OSM, VHR image, training
     areas, LCZ truth and a city.yaml that the other commands read (e.g. lczmap stage --config FOLDER/city.yaml)."""
     from ..demo import generate
 
-    config = generate(folder, seed=seed, size_km=size_km)
+    config = generate(folder, seed=seed, size_km=size_km, scenes=scenes)
     click.echo(str(config))

@@ -16,13 +16,17 @@ def _fmt(value) -> str:
 
 @cli.command("evaluate")
 @click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
-              help="LCZ GeoTIFF to score (codes 1-17 or 101-107, 0 nodata).")
+              help="LCZ map to score: any integer or float GeoTIFF, codes 1-17 or 101-107, its nodata (-999, -1, ...) "
+                   "and other values read as no class.")
 @click.option("--reference", type=click.Path(), default=None,
-              help="Reference training-area polygons (any vector format, any CRS) or an LCZ raster.")
-@click.option("--column", default="lcz", show_default=True,
-              help="Polygon attribute holding the LCZ class (1-17, A-G or 101-107).")
+              help="Training areas (the LCZ Generator's KML/KMZ with a folder per class, or GeoJSON/GeoPackage/"
+                   "shapefile with a class column; any CRS) or another LCZ map (any CRS and resolution).")
+@click.option("--reference-column", "--column", "column", default=None,
+              help="Attribute holding the class (1-17, A-G, LCZ n, 101-107, optionally followed by a name) "
+                   "[default: lcz, else FolderPath; KML/KMZ: the folders].")
 @click.option("--band", default=None,
-              help="Map band: a number or a band description [default: the band described lczFilter, else 1].")
+              help="Map band: a number or a band description [default: the band named lczFilter, else lcz, else 1]; "
+                   "a reference map's band is chosen the same way.")
 @click.option("--bootstrap", "draws", type=click.IntRange(min=1), default=25, show_default=True,
               help="Stratified 70/30 draws (by polygon; by pixel for a raster reference).")
 @click.option("--model", default=None, help="Model folder or name, scored on --data instead of a map.")
@@ -33,14 +37,16 @@ def _fmt(value) -> str:
               help="LCZC-GES2 split file patches_split/partition_NAME.npz.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the bootstrap draws.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Report JSON (a confusion-matrix PNG is written beside it) "
+              help="Report JSON (a confusion-matrix PNG and, for --map, the agreement map <stem>.agreement.tif beside it) "
                    "[default: <map>.evaluation.json, or ./<model>-<data>.evaluation.json].")
 @click.pass_context
 def evaluate_cmd(ctx: click.Context, map_path, reference, column, band, draws, model, data, split, partition, seed, out) -> None:
     """Score an LCZ map against reference training areas (LCZ Generator procedure), or a model on test patches.
 
     \b
-    lczmap evaluate --map lcz.tif --reference polygons.geojson [--column lcz] [--bootstrap 25]
+    lczmap evaluate --map lcz.tif --reference training_areas.kmz [--bootstrap 25]
+    lczmap evaluate --map lcz.tif --reference polygons.geojson [--reference-column lcz]
+    lczmap evaluate --map lcz.tif --reference global_lcz_crop.tif
     lczmap evaluate --model models/msmla18-demo --data test.h5
     """
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
@@ -56,6 +62,9 @@ def evaluate_cmd(ctx: click.Context, map_path, reference, column, band, draws, m
         report = evaluate_map(map_path, reference, column=column, band=band, draws=draws, seed=seed, out=out)
         s, b = report["all_samples"], report["bootstrap"]["metrics"]
         if not quiet:
+            suspicious = report.get("suspicious_reference")
+            if suspicious:
+                click.echo(f"{len(suspicious)} suspicious training-area findings (listed in the report)")
             click.echo(
                 f"{report['n_pixels']} reference pixels ({report['reference_kind']}): OA {_fmt(s['oa'])}, OA_u {_fmt(s['oa_u'])}, "
                 f"OA_bu {_fmt(s['oa_bu'])}, OA_w {_fmt(s['oa_w'])}, kappa {_fmt(s['kappa'])}; bootstrap OA {_fmt(b['oa']['mean'])} "

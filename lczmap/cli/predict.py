@@ -5,7 +5,25 @@ from __future__ import annotations
 import click
 
 from . import cli
-from .options import city_input_options, city_overrides, scheduler_opt, workers_opt
+from .options import (CRS_TYPE, RESOLUTION, city_input_options, city_overrides, composite_options, scheduler_opt,
+                      threads_opt, tile_km_opt, tiles_opt, with_stac_items, workers_opt)
+
+
+class _BatchSize(click.ParamType):
+    """A whole number of patches >= 1, or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"{value}: must be a whole number of patches >= 1, or auto", param, ctx)
+        return number
 
 
 @cli.command("predict")
@@ -13,19 +31,30 @@ from .options import city_input_options, city_overrides, scheduler_opt, workers_
 @click.option("--demo", is_flag=True, help="Map the built-in demo city (generated once into $LCZMAP_CACHE or ~/.cache/lczmap).")
 @click.option("--out", required=True, type=click.Path(), help="Output GeoTIFF (COG), e.g. lcz.tif.")
 @click.option("--model", default=None, help="Model name or folder (default: msmla18-demo; see `lczmap models`).")
-@click.option("--resolution", type=float, default=100.0, show_default=True, help="Output cell size in metres (multiple of 10).")
-@click.option("--crs", default=None, help="Output CRS (default: the AOI's UTM zone). EPSG:4326 reprojects the finished map, as the LCZ Generator publishes it.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Patches per model call.")
+@click.option("--resolution", type=RESOLUTION, default=100.0, show_default=True, help="Output cell size in metres (multiple of 10).")
+@click.option("--crs", type=CRS_TYPE, default=None, help="Output CRS (default: the AOI's UTM zone). EPSG:4326 reprojects the finished map, as the LCZ Generator publishes it.")
+@click.option("--batch-size", type=_BatchSize(), default="256", show_default=True,
+              help="Patches per model call, or 'auto' (sized to the accelerator's memory; 256 on a CPU).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="bfloat16: run the network in Keras' mixed bfloat16 (for GPUs/TPUs with bfloat16 units).")
+@click.option("--stack", type=click.Path(), default=None,
+              help="Map from a Zarr stack written by `lczmap stage` (its grid, AOI and bands) instead of the inputs.")
 @workers_opt
+@threads_opt
 @scheduler_opt
+@tiles_opt
+@tile_km_opt
+@composite_options
 @click.option("--probabilities", is_flag=True, help="Also write <out stem>_probabilities.tif: the 17 class probabilities in %.")
 @click.option("--no-filter", "no_filter", is_flag=True, help="Skip the LCZ Generator's Gaussian filter (no lczFilter band).")
 @click.option("--nodata-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
               help="Largest share of missing pixels in a cell's patch before the cell is left unmapped.")
 @click.pass_context
 def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: str, model: str | None, resolution: float,
-                crs: str | None, batch_size: int, workers: int | None, scheduler: str | None, probabilities: bool,
-                no_filter: bool, nodata_threshold: float, **kwargs) -> None:
+                crs: str | None, batch_size: int, workers: int | None, threads: int | None, scheduler: str | None,
+                tiles_output: bool, tile_km: float | None, probabilities: bool,
+                no_filter: bool, nodata_threshold: float, composite: str, mask_snow: bool, stac_url: str | None,
+                stac_datetime: str | None, max_cloud: float | None, **kwargs) -> None:
     """Map a city's Local Climate Zones with a trained model.
 
     Writes OUT, a Cloud-Optimized GeoTIFF with the LCZ Generator's bands lcz (raw), lczFilter (filtered,
@@ -42,23 +71,58 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
     from ..predict import check_output, demo_city, predict_city
 
     overrides = city_overrides(kwargs)
-    if workers is not None and scheduler is not None:
-        raise LczmapError("--workers and --scheduler: give one (local processes or a running cluster), not both")
+    precision, stack = kwargs.pop("precision"), kwargs.pop("stack")
+    from ..cluster import check_cluster_options, configure_process
+
+    configure_process()  # GDAL and heap settings (and quiet TensorFlow start-up), as on every worker
+    check_cluster_options(workers, threads, scheduler)
     check_output(out)  # refuse an unwritable --out before any work
+    if stack is not None:
+        if demo or config_path is not None or any(v is not None for v in overrides.values()):
+            raise LczmapError("--stack maps a staged stack: leave out --demo, --config and the input paths")
+        given = ctx.get_parameter_source("resolution") != click.core.ParameterSource.DEFAULT
+        summary = predict_city(
+            None, out, model=model or DEFAULT_MODEL, resolution=resolution if given else None, crs=crs,
+            batch_size=batch_size, workers=workers, threads=threads, scheduler=scheduler, probabilities=probabilities,
+            filter=not no_filter, nodata_threshold=nodata_threshold, progress=not ctx.obj.get("quiet", False),
+            precision=precision, stack=stack,
+        )
+        _report(ctx, out, summary)
+        return
     if demo:
         if config_path is not None or any(v is not None for v in overrides.values()):
             raise LczmapError("--demo maps the built-in demo city: leave out --config and the input paths")
         config_path = demo_city()
-    config = load_city_config(config_path, **overrides)
+    config = with_stac_items(load_city_config(config_path, **overrides), stac_url, stac_datetime, max_cloud, out)
     quiet = ctx.obj.get("quiet", False)
+    from ..aoi import read_aoi
+    from ..region import map_region, needs_region, plan_region
+
+    if tiles_output or tile_km is not None or needs_region(read_aoi(config.aoi)):
+        if probabilities:
+            raise LczmapError("--probabilities: a region (mapped in tiles) has no probabilities file; leave it out")
+        plan = plan_region(config, out, model=model or DEFAULT_MODEL, resolution=resolution, crs=crs, tile_km=tile_km,
+                           tiles_output=tiles_output, filter=not no_filter, batch_size=batch_size,
+                           nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow)
+        summary = map_region(plan, workers=workers, threads=threads, scheduler=scheduler, progress=not quiet)
+        if not quiet:
+            click.echo(f"Wrote {', '.join(summary['outputs'].values())} beside {out}: {summary['tiles']} tiles in "
+                       f"{len(summary['zones'])} UTM zone(s), {summary['mapped_km2']:.1f} km2 mapped")
+        return
     summary = predict_city(
         config, out, model=model or DEFAULT_MODEL, resolution=resolution, crs=crs, batch_size=batch_size,
-        workers=workers, scheduler=scheduler, probabilities=probabilities, filter=not no_filter,
-        nodata_threshold=nodata_threshold, progress=not quiet,
+        workers=workers, threads=threads, scheduler=scheduler, probabilities=probabilities, filter=not no_filter,
+        nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow, progress=not quiet,
+        precision=precision,
     )
-    if not quiet:
+    _report(ctx, out, summary)
+
+
+def _report(ctx: click.Context, out: str, summary: dict) -> None:
+    if not ctx.obj.get("quiet", False):
         top = sorted(summary["classes"].values(), key=lambda c: -c["percent"])[:3]
         classes = ", ".join(f"LCZ {c['lcz']} {c['percent']:.0f}%" for c in top if c["percent"] > 0)
         click.echo(f"Wrote {out}: {summary['mapped_km2']:.1f} km2 mapped ({classes}); "
                    f"no data on {summary['nodata_share']:.1%} of the AOI; "
                    f"{sum(summary['seconds'].values()):.0f} s")
+

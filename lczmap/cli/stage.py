@@ -2,43 +2,48 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from . import cli
-from .options import city_input_options, city_overrides, workers_opt
+from .options import (RESOLUTION, city_input_options, city_overrides, composite_options, scheduler_opt, threads_opt,
+                      with_stac_items, workers_opt)
 
 
 @cli.command("stage")
 @city_input_options
 @click.option("--out", "out", required=True, type=click.Path(), help="Output stack: a .zarr store (resumable) or a .tif file.")
-@click.option("--resolution", type=float, default=100.0, show_default=True, help="Output cell size in metres (multiple of the 10 m base grid).")
+@click.option("--resolution", type=RESOLUTION, default=100.0, show_default=True, help="Output cell size in metres (multiple of the 10 m base grid).")
 @click.option("--chunk", type=click.IntRange(min=64, max=4096), default=512, show_default=True, help="Chunk side in base pixels.")
 @workers_opt
+@threads_opt
+@scheduler_opt
+@composite_options
+@click.option("--valid-count", is_flag=True, help="Add a band valid_count: clear Sentinel-2 observations per pixel.")
 @click.pass_context
-def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution: float, chunk: int, workers: int | None, **kwargs) -> None:
+def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution: float, chunk: int, workers: int | None,
+              threads: int | None, scheduler: str | None, composite: str, mask_snow: bool, stac_url: str | None, stac_datetime: str | None, max_cloud: float | None,
+              valid_count: bool, **kwargs) -> None:
     """Read, check and resample every input of a city onto its 10 m base grid.
 
     Writes OUT (bands B02..B12, osm_buildings, dsm, landcover; NaN = nodata) and OUT.report.json with
     each source's CRS, resolution, AOI coverage and the Sentinel-2 cloud fraction. Re-running the same
     command after an interruption resumes a Zarr store where it stopped.
     """
-    # Bound GDAL's block cache (default: 5 % of RAM) before the first read, so memory stays flat with city size;
-    # decoded Sentinel-2 blocks of cities up to ~30 km fit, so each JP2 tile is still decoded once.
-    os.environ.setdefault("GDAL_CACHEMAX", "256")
-
     from ..aoi import read_aoi
     from ..config import load_city_config
     from ..grid import city_grid
-    from ..stage import limit_heap_retention, stack_format, stage_city, write_stack
+    from ..cluster import check_cluster_options, configure_process
+    from ..stage import stack_format, stage_city, write_stack
 
-    limit_heap_retention()
+    configure_process()  # GDAL's bounded block cache and heap settings, before the first read (as on every worker)
+    check_cluster_options(workers, threads, scheduler)
     stack_format(out)  # refuse a bad --out before any input is read
     config = load_city_config(config_path, **city_overrides(kwargs))
+    config = with_stac_items(config, stac_url, stac_datetime, max_cloud, out)
     grid = city_grid(read_aoi(config.aoi), resolution=resolution)
-    staged = stage_city(config, grid, chunk=chunk)
-    report = write_stack(staged, out, progress=not ctx.obj.get("quiet"), workers=workers)
+    staged = stage_city(config, grid, chunk=chunk, composite=composite, valid_count=valid_count, mask_snow=mask_snow)
+    report = write_stack(staged, out, progress=not ctx.obj.get("quiet"), workers=workers,
+                         threads=threads, scheduler=scheduler)
     if not ctx.obj.get("quiet"):
         s2 = report["sources"]["sentinel2"]
         pct = lambda v: "unknown" if v is None else f"{v:.1%}"  # noqa: E731

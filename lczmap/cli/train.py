@@ -54,6 +54,11 @@ def command_line(ctx: click.Context) -> str:
               help="Training data: So2Sat LCZ42 / MSMLA .h5, or a LCZC-GES2 folder (repeatable).")
 @click.option("--city", "cities", multiple=True, type=click.Path(dir_okay=False),
               help="city.yaml with a `reference` polygon file: train on patches sampled from the staged city (repeatable).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="Training areas for --city, replacing city.yaml's `reference`: the LCZ Generator's KML/KMZ "
+                   "(a folder per class) or a vector file with a class column.")
+@click.option("--reference-column", default=None,
+              help="Attribute holding the class (1-17, A-G, LCZ n, 101-107) [default: lcz, else FolderPath; KML: folders].")
 @click.option("--network", default="msmla18", show_default=True, help=f"Network to train: {', '.join(NETWORKS)}.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Network option, e.g. cbam=standard (repeatable).")
@@ -100,6 +105,8 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
         raise LczmapError(f"--network {kw['network']}: unknown (known networks: {', '.join(NETWORKS)})")
     if bool(kw["data"]) == bool(kw["cities"]):
         raise LczmapError("give training data with --data FILE or --city city.yaml (one of the two)")
+    if (kw["reference"] or kw["reference_column"]) and not kw["cities"]:
+        raise LczmapError("--reference and --reference-column go with --city (training areas of a staged city)")
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     out = Path(kw["out"])
     data, note = tuple(Path(p) for p in kw["data"]), {}
@@ -107,7 +114,8 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
         from ..train.city_patches import sample_city
 
         samples = out / "samples"
-        data = tuple(sample_city(c, samples / f"{Path(c).resolve().parent.name}-{Path(c).stem}.h5", patch=kw["patch"], progress=not quiet)
+        data = tuple(sample_city(c, samples / f"{Path(c).resolve().parent.name}-{Path(c).stem}.h5", patch=kw["patch"], progress=not quiet,
+                                 reference=kw["reference"], reference_column=kw["reference_column"])
                      for c in kw["cities"])
         note = {"cities": [str(Path(c).resolve()) for c in kw["cities"]], "city_samples": [str(p) for p in data]}
     config = TrainConfig(

@@ -3,7 +3,9 @@ training areas) plus the LCZ truth, all derived from one 2 m surface scene."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import os
 import shutil
 import time
@@ -18,17 +20,22 @@ from ..config import load_city_config
 from ..errors import LczmapError
 from ..grid import city_grid
 from .dem import write_dems
-from .layout import aoi_polygon, choose_place, make_layout, write_aoi, write_truth
+from .layout import Layout, aoi_polygon, choose_place, make_layout, write_aoi, write_truth
 from .osm_xml import write_osm, write_pbf
 from .reference import write_reference
 from .scene import build_scene, cast_shadows
-from .sentinel2_safe import OVERPASS_UTC_HOURS, sun_position, write_sentinel2
+from .sentinel2_safe import OVERPASS_UTC_HOURS, Acquisition, sun_position, write_sentinel2
 from .vhr import write_vhr
 from .worldcover import write_worldcover
 
 log = logging.getLogger(__name__)
 
 MIN_SIZE_KM, MAX_SIZE_KM = 1.0, 40.0
+MAX_SCENES = 12
+# Cloud cover of the second, third, ... product: one moderately cloudy winter scene, one mostly cloudy scene,
+# then a random mix (the first product keeps Realism.cloud_cover).
+SCENE_CLOUD_COVER = ((0.10, 0.25), (0.50, 0.60))
+OTHER_CLOUD_COVER = (0.03, 0.35)
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,17 @@ PBF_NAME = "buildings.osm.pbf"
 CITY_YAML = "city.yaml"
 
 
-def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism = DEFAULT_REALISM, **knobs) -> Path:
+def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism = DEFAULT_REALISM, scenes: int = 1,
+             **knobs) -> Path:
     """Write a demo city of about size_km x size_km into `folder`; return the path of its city.yaml.
 
     The same seed gives the same files; another seed gives another city and place. `knobs` override fields of
     `realism` (e.g. s2_noise=0.01). Files are built in a temporary folder beside `folder` and moved in at the end.
+    `scenes` Sentinel-2 products of the same tile on different dates are written (see `acquisitions`); the first
+    is the same whatever their number, so a seed's city stays the same.
     """
+    if not 1 <= scenes <= MAX_SCENES:
+        raise LczmapError(f"--scenes {scenes}: a demo city has 1-{MAX_SCENES} Sentinel-2 products")
     if not MIN_SIZE_KM <= size_km <= MAX_SIZE_KM:
         raise LczmapError(f"--size-km {size_km:g}: the demo city must be {MIN_SIZE_KM:g}-{MAX_SIZE_KM:g} km across")
     if seed < 0:
@@ -83,7 +95,7 @@ def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     # Independent random streams per part, so tuning one knob does not reshuffle the rest.
-    parts = ("place", "layout", "scene", "s2", "dem", "osm", "vhr", "reference")
+    parts = ("place", "layout", "scene", "s2", "dem", "osm", "vhr", "reference", "scenes")  # append new parts only
     seeds = np.random.SeedSequence(seed).spawn(len(parts))
     streams = {part: np.random.default_rng(s) for part, s in zip(parts, seeds, strict=True)}
     timer = _Timer()
@@ -103,6 +115,17 @@ def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism
             tmp, scene, streams["s2"], noise=realism.s2_noise, relative_noise=realism.s2_relative_noise,
             psf_sigma=realism.s2_psf_sigma, illumination=realism.illumination, cloud_cover=realism.cloud_cover,
         )
+        safes = [safe]
+        scene_seeds = seeds[parts.index("scenes")].spawn(scenes - 1)
+        for k, sseq in enumerate(scene_seeds, start=1):
+            rng = np.random.default_rng(sseq)
+            acquisition, cover = acquisitions(layout, k, scenes, rng)
+            more, _ = write_sentinel2(
+                tmp, scene, rng, noise=realism.s2_noise, relative_noise=realism.s2_relative_noise,
+                psf_sigma=realism.s2_psf_sigma, illumination=realism.illumination, cloud_cover=cover,
+                grid=products.grid, acquisition=acquisition,
+            )
+            safes.append(more)
         timer.lap("sentinel-2")
         write_dems(tmp / FILES["dsm"], tmp / FILES["dtm"], layout, products, streams["dem"], realism.dsm_noise_m)
         write_worldcover(tmp / FILES["landcover"], products)
@@ -114,13 +137,14 @@ def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism
         timer.lap("vhr")
         write_reference(tmp / FILES["reference"], layout, streams["reference"])
         config = {
-            "name": name, "aoi": FILES["aoi"], "sentinel2": safe.name, "dsm": FILES["dsm"], "dtm": FILES["dtm"],
+            "name": name, "aoi": FILES["aoi"], "sentinel2": safe.name if scenes == 1 else [s.name for s in safes],
+            "dsm": FILES["dsm"], "dtm": FILES["dtm"],
             "landcover": FILES["landcover"], "landcover_scheme": "worldcover", "osm": FILES["osm"], "vhr": FILES["vhr"],
             "reference": FILES["reference"], "reference_column": "lcz", "truth": FILES["truth"],
         }
         (tmp / CITY_YAML).write_text(yaml.safe_dump(config, sort_keys=False))
         load_city_config(tmp / CITY_YAML)  # the contract: what we wrote must load
-        _move_into(tmp, folder, [*FILES.values(), safe.name, CITY_YAML, *([PBF_NAME] if has_pbf else [])])
+        _move_into(tmp, folder, [*FILES.values(), *(s.name for s in safes), CITY_YAML, *([PBF_NAME] if has_pbf else [])])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("demo city %s (%g km, seed %d) written to %s in %s", name, size_km, seed, folder, timer)
@@ -130,9 +154,9 @@ def generate(folder: Path, seed: int = 0, size_km: float = 8.0, realism: Realism
 def _move_into(tmp: Path, folder: Path, names: list[str]) -> None:
     """Move finished files into `folder`, replacing earlier ones; stale demo SAFE products are removed."""
     folder.mkdir(parents=True, exist_ok=True)
-    new_safe = next(n for n in names if n.endswith(".SAFE"))
+    new_safes = {n for n in names if n.endswith(".SAFE")}
     for old in folder.glob("S2B_MSIL2A_*_N0510_R060_*.SAFE"):
-        if old.name != new_safe:
+        if old.name not in new_safes:
             shutil.rmtree(old)
     for name in names:
         target = folder / name
@@ -145,6 +169,30 @@ def _move_into(tmp: Path, folder: Path, names: list[str]) -> None:
             os.replace(tmp / name, target)
     if PBF_NAME not in names:
         (folder / PBF_NAME).unlink(missing_ok=True)
+
+
+def leaf_off_share(day: dt.date, lat: float) -> float:
+    """How leafless deciduous vegetation is on `day` (0 in summer, 1 in mid-winter) at latitude `lat`."""
+    peak = 15 if lat >= 0 else 196  # mid-January north, mid-July south
+    return float(min(1.0, max(0.0, 1.4 * math.cos(2 * math.pi * (day.timetuple().tm_yday - peak) / 365))))
+
+
+def acquisitions(layout: Layout, k: int, scenes: int, rng: np.random.Generator) -> tuple[Acquisition, tuple[float, float]]:
+    """The k-th extra product (k >= 1) of a city and its cloud cover range: k = 1 a winter (leaf-off) date, k = 2
+    another date of the growing season, later ones any time of the year; the last one ends at a swath edge."""
+    first = dt.date(int(layout.date[:4]), int(layout.date[4:6]), int(layout.date[6:]))
+    north = layout.place.lat >= 0
+    if k == 1:
+        winter = dt.date(first.year, 1, 1) if north else dt.date(first.year, 6, 1)
+        day = winter + dt.timedelta(days=5 * int(rng.integers(-5, 14)))
+    elif k == 2:
+        day = first + dt.timedelta(days=5 * int(rng.integers(4, 12)) * int(rng.choice([-1, 1])))
+    else:
+        day = first + dt.timedelta(days=5 * int(rng.integers(-36, 37)))
+    leaf_off = max(0.0, leaf_off_share(day, layout.place.lat) - leaf_off_share(first, layout.place.lat))
+    cover = SCENE_CLOUD_COVER[k - 1] if k <= len(SCENE_CLOUD_COVER) else OTHER_CLOUD_COVER
+    edge = float(rng.uniform(0.45, 0.7)) if k == scenes - 1 else None
+    return Acquisition(day=day.strftime("%Y%m%d"), leaf_off=round(leaf_off, 3), swath_edge=edge), cover
 
 
 class _Timer:

@@ -68,9 +68,9 @@ def s2_grid(scene: Scene, rng: np.random.Generator) -> S2Grid:
     return S2Grid(row0, col0, rows, cols, transform, scene.crs)
 
 
-def aggregate(scene: Scene, grid: S2Grid, chunk_rows: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aggregate(scene: Scene, grid: S2Grid, chunk_rows: int = 64, leaf_off: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per 10 m pixel: mean reflectance of its 5 x 5 scene pixels (mixed pixels), mean height, majority WorldCover."""
-    table = reflectance_table().astype(np.float32)
+    table = reflectance_table(leaf_off).astype(np.float32)
     wc_table = worldcover_table()
     wc_index = np.zeros(256, np.int64)
     for k, c in enumerate(WORLDCOVER_CODES):
@@ -175,14 +175,14 @@ class ProductNames:
         return f"GRANULE/{self.granule}/IMG_DATA/R{res}m/T{self.tile}_{self.day}T{SENSING_TIME}_{band}_{res}m"
 
 
-def product_names(layout: Layout) -> ProductNames:
-    """The SAFE names for the layout's place and date (S2B, relative orbit 60, baseline N0510)."""
+def product_names(layout: Layout, day: str | None = None) -> ProductNames:
+    """The SAFE names for the layout's place and date, or `day` (S2B, relative orbit 60, baseline N0510)."""
     crs = layout.grid.crs
     epsg = crs.epsg
     zone, north = epsg % 100, epsg < 32700
     minx, miny, maxx, maxy = layout.grid.output.boundingbox
     tile = mgrs_tile(zone, north, layout.place.lat, (minx + maxx) / 2, (miny + maxy) / 2)
-    day = layout.date
+    day = day or layout.date
     d = Date(int(day[:4]), int(day[4:6]), int(day[6:]))
     orbit = int((d - Date(2017, 3, 7)).days * 1440 / 100.6)  # S2B absolute orbit since launch
     product = f"S2B_MSIL2A_{day}T{SENSING_TIME}_N0510_R060_T{tile}_{day}T050000.SAFE"
@@ -190,16 +190,34 @@ def product_names(layout: Layout) -> ProductNames:
     return ProductNames(product, granule, tile, day, orbit)
 
 
+@dataclass(frozen=True)
+class Acquisition:
+    """What makes one product of a city differ from another: its day, season and swath.
+
+    The first product of a city is the default (the layout's date, leaf-on, full swath), so a one-scene city is
+    the same for a seed whatever the number of scenes. Building shadows are cast once, for the first date.
+    """
+
+    day: str | None = None  # YYYYMMDD; None = the layout's date
+    leaf_off: float = 0.0  # 0 leaf-on .. 1 leaf-off vegetation spectra
+    swath_edge: float | None = None  # the product's data ends at a slanted edge at this share of its width
+
+
 def write_sentinel2(
     folder: Path, scene: Scene, rng: np.random.Generator, *, noise: float, relative_noise: float, psf_sigma: float,
-    illumination: tuple[float, float], cloud_cover: tuple[float, float],
+    illumination: tuple[float, float], cloud_cover: tuple[float, float], grid: S2Grid | None = None,
+    acquisition: Acquisition = Acquisition(),
 ) -> tuple[Path, S2Products]:
-    """Write the SAFE product into `folder`; return its path and the 10 m aggregates."""
+    """Write the SAFE product into `folder`; return its path and the 10 m aggregates.
+
+    `grid`: the tile grid of an earlier product of the same tile (None: draw it, as for a city's first product).
+    """
     layout = scene.layout
-    grid = s2_grid(scene, rng)
-    refl, height10, wc10 = aggregate(scene, grid)
-    names = product_names(layout)
-    sun_az, sun_el = sun_position(layout.place, layout.date, OVERPASS_UTC_HOURS)
+    grid = grid or s2_grid(scene, rng)
+    refl, height10, wc10 = aggregate(scene, grid, leaf_off=acquisition.leaf_off)
+    day = acquisition.day or layout.date
+    names = product_names(layout, day)
+    sun_az, sun_el = sun_position(layout.place, day, OVERPASS_UTC_HOURS)
 
     if psf_sigma > 0:  # the instrument's point spread function blurs neighbouring pixels together
         for k in range(refl.shape[0]):
@@ -217,15 +235,18 @@ def write_sentinel2(
     index = {b: k for k, b in enumerate(S2_BANDS)}
     safe = folder / names.product
     bands_written = []
+    off10, off20 = _off_swath(grid, acquisition.swath_edge, rng)
     for band in BANDS_10M:
-        _write_jp2(safe / (names.band_path(band, 10) + ".jp2"), _dn(noisy(refl[index[band]])), grid.transform, grid.crs)
+        dn = np.where(off10, 0, _dn(noisy(refl[index[band]]))).astype(np.uint16)
+        _write_jp2(safe / (names.band_path(band, 10) + ".jp2"), dn, grid.transform, grid.crs)
         bands_written.append(names.band_path(band, 10))
     refl20 = {}
     for band in BANDS_20M:
         refl20[band] = noisy(_mean2(refl[index[band]]))
-        _write_jp2(safe / (names.band_path(band, 20) + ".jp2"), _dn(refl20[band]), grid.transform20, grid.crs)
+        dn = np.where(off20, 0, _dn(refl20[band])).astype(np.uint16)
+        _write_jp2(safe / (names.band_path(band, 20) + ".jp2"), dn, grid.transform20, grid.crs)
         bands_written.append(names.band_path(band, 20))
-    scl = _scl(refl20, _mean2(alpha), _mean2(shadow))
+    scl = np.where(off20, 0, _scl(refl20, _mean2(alpha), _mean2(shadow))).astype(np.uint8)
     _write_jp2(safe / (names.band_path("SCL", 20) + ".jp2"), scl, grid.transform20, grid.crs)
     bands_written.append(names.band_path("SCL", 20))
     (safe / "MTD_MSIL2A.xml").write_text(_product_metadata(names, bands_written))
@@ -235,6 +256,20 @@ def write_sentinel2(
     for sub in ("QI_DATA", "AUX_DATA"):
         (safe / "GRANULE" / names.granule / sub).mkdir(exist_ok=True)
     return safe, S2Products(grid, height10, wc10)
+
+
+def _off_swath(grid: S2Grid, edge: float | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels beyond the swath's edge (a line slanted by a few degrees, as the orbit crosses the tile), at 10 and 20 m."""
+    if edge is None:
+        return np.zeros((grid.rows, grid.cols), bool), np.zeros((grid.rows // 2, grid.cols // 2), bool)
+    slope = math.tan(math.radians(rng.uniform(-12, 12)))
+    c0 = edge * grid.cols - slope * grid.rows / 2
+
+    def beyond(rows: int, cols: int, size: int) -> np.ndarray:
+        r, c = np.mgrid[0:rows, 0:cols]
+        return (c + 0.5) * size >= c0 + slope * (r + 0.5) * size  # pixel centres, in 10 m pixels
+
+    return beyond(grid.rows, grid.cols, 1), beyond(grid.rows // 2, grid.cols // 2, 2)
 
 
 def _write_jp2(path: Path, data: np.ndarray, transform: Affine, crs: str) -> None:

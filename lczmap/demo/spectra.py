@@ -78,11 +78,28 @@ def _code_table(values: np.ndarray, shadow_gain: np.ndarray) -> np.ndarray:
     return table
 
 
-def reflectance_table() -> np.ndarray:
-    """(N_CODES, 10) surface reflectance of every scene code, in S2_BANDS order."""
+# Leaf-off (winter) spectra of the seasonal materials, as mixtures of other materials: deciduous canopies show
+# branches over litter and dry grass, lawns and fields turn brown or bare, shrubs half so. Conifers keep their needles.
+LEAF_OFF: dict[str, dict[str, float]] = {
+    "grass": {"dry_grass": 1.0},
+    "tree_broadleaf": {"dry_grass": 0.45, "rock": 0.25, "tree_conifer": 0.30},
+    "crop": {"soil": 0.8, "dry_grass": 0.2},
+    "shrub": {"shrub": 0.5, "dry_grass": 0.5},
+}
+
+
+def reflectance_table(leaf_off: float = 0.0) -> np.ndarray:
+    """(N_CODES, 10) surface reflectance of every scene code, in S2_BANDS order.
+
+    `leaf_off` (0-1) moves the seasonal materials towards their LEAF_OFF spectra (0: the leaf-on spectra).
+    """
     base = np.zeros((MATERIAL_MASK + 1, len(S2_BANDS)))
     for m in MATERIALS:
         base[m.code] = m.reflectance
+    if leaf_off > 0:
+        for name, mix in LEAF_OFF.items():
+            winter = sum(share * np.asarray(BY_NAME[other].reflectance) for other, share in mix.items())
+            base[CODE[name]] += leaf_off * (winter - base[CODE[name]])
     return _code_table(base, SHADOW_GAIN)
 
 

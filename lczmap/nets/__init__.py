@@ -78,6 +78,12 @@ def _builders() -> dict[str, Callable[..., Any]]:
             "df4lcz": df4lcz_fused, "sen2lcz": sen2}
 
 
+def option_defaults(name: str) -> dict[str, Any]:
+    """The options network `name`'s builder accepts, with their defaults (what a model card may set)."""
+    params = list(inspect.signature(_builders()[name]).parameters.values())[1:]
+    return {p.name: p.default for p in params}
+
+
 def build(name: str, input_shape: Sequence[int] | None = None, **options: Any) -> keras.Model:
     """Build network `name` for `input_shape` (its paper default when None); 17 softmax outputs, class order 1..17.
 
@@ -95,7 +101,7 @@ def build(name: str, input_shape: Sequence[int] | None = None, **options: Any) -
         )
     shape = tuple(int(s) for s in shape)
     builder = _builders()[name]
-    accepted = list(inspect.signature(builder).parameters)[1:]
+    accepted = list(option_defaults(name))
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise LczmapError(f"network option {unknown[0]!r} for {name}: unknown (accepted: {', '.join(accepted) or 'none'})")

@@ -36,23 +36,24 @@ def _fingerprint(plan_fingerprint: str, reference: Path, column: str, patch: int
 
 def sample_city(
     config_path: str | Path, out_h5: str | Path, patch: int = 48, max_nodata: float = DEFAULT_MAX_NODATA,
-    progress: bool = True,
+    progress: bool = True, reference: str | Path | None = None, reference_column: str | None = None,
 ) -> Path:
     """Stage the city of `config_path`, cut a patch for each output cell under a reference polygon, write `out_h5`.
 
     The file holds `sen2` (N, patch, patch, 13) float32 in lczmap.stage.BANDS order (attribute `bands`),
     one-hot float32 `label` (N, 17), `polygon` (N,) the polygon's row in the reference file (to split by
     polygon) and `cell` (N, 2) the output cell. An existing file made from the same inputs is reused.
+    `reference` / `reference_column` replace the city.yaml's training areas (KML/KMZ or a vector file).
     """
     from rasterio.features import rasterize
 
     from ..aoi import read_aoi
     from ..config import load_city_config
-    from ..evaluate import read_reference
+    from ..reference import read_reference
     from ..grid import city_grid
     from ..stage import OPTIONAL_BANDS, plan_stage
 
-    config = load_city_config(config_path)
+    config = load_city_config(config_path, reference=reference, reference_column=reference_column)
     if config.reference is None:
         raise LczmapError(f"{config_path}: has no 'reference' entry (training-area polygons with an LCZ column)")
     out_h5 = Path(out_h5)
@@ -87,6 +88,7 @@ def sample_city(
                 "fingerprint": fingerprint, "city": config.name, "config": str(Path(config_path).resolve()),
                 "reference": str(Path(config.reference).resolve()), "reference_column": config.reference_column,
                 "patch": patch, "max_nodata": max_nodata, "crs": grid.crs.to_wkt(), "missing_bands": missing,
+                "suspicious_reference": len(frame.attrs["suspicious"]),
                 "skipped_nodata": skipped, "lczmap_version": __version__,
             })
             counts = np.bincount(f["label"][:].argmax(axis=1), minlength=N_CLASSES)

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ..classes import N_CLASSES
-from ..errors import LczmapError
+from ..errors import LczmapError, reading
 
 # Sentinel-2 band order of So2Sat LCZ42 (and of the first 10 MSMLA bands and of the staged stack).
 S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -72,19 +72,24 @@ class H5Source(PatchSource):
             self._file = h5py.File(path, "r")
         except OSError as exc:
             raise LczmapError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+        try:  # messages are built while the file is open; it is closed on any refusal
+            with reading(path, "HDF5 training data"):  # a group where a dataset belongs, odd dtypes, ...
+                self._inspect(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self, path: Path) -> None:
         f = self._file
         missing = [k for k in ("sen2", "label") if k not in f]
         if missing:
-            self.close()
             raise LczmapError(
                 f"{path}: HDF5 file lacks dataset(s) {missing}; expected So2Sat/MSMLA layout with 'sen2' (N,p,p,bands) and 'label' (N,17)"
             )
         x, y = f["sen2"], f["label"]
         if x.ndim != 4 or x.shape[1] != x.shape[2]:
-            self.close()
             raise LczmapError(f"{path}: 'sen2' has shape {x.shape}; expected (N, p, p, bands) with square patches")
         if y.shape != (x.shape[0], N_CLASSES):
-            self.close()
             raise LczmapError(f"{path}: 'label' has shape {y.shape}; expected one-hot ({x.shape[0]}, {N_CLASSES})")
         self.patch, nb = int(x.shape[1]), int(x.shape[3])
         if "bands" in x.attrs or "bands" in f.attrs:
@@ -95,10 +100,8 @@ class H5Source(PatchSource):
         elif nb == 13:
             self.bands = staged_bands()
         else:
-            self.close()
             raise LczmapError(f"{path}: 'sen2' has {nb} bands and no 'bands' attribute naming them (10 = So2Sat, 13 = MSMLA)")
         if len(self.bands) != nb:
-            self.close()
             raise LczmapError(f"{path}: 'bands' attribute names {len(self.bands)} bands but 'sen2' has {nb}")
         self.format = "so2sat" if self.bands == S2_BANDS and self.patch == 32 else "msmla"
         self.labels = _onehot_codes(y, path)
@@ -148,12 +151,16 @@ class Ges2Source(PatchSource):
         if not split_file.exists():
             known = sorted(p.stem.removeprefix("partition_") for p in (folder / GES2_SPLITS).glob("partition_*.npz"))
             raise LczmapError(f"{split_file}: no such LCZC-GES2 split file (--partition; available: {', '.join(known) or 'none'})")
+        parts = load_split_file(split_file)
+        if split not in parts:
+            raise LczmapError(f"{split_file}: LCZC-GES2 split file has no {split!r} entry (it has {', '.join(map(str, parts))})")
         try:
-            with open(split_file, "rb") as f:
-                parts = pickle.load(f)  # the released split files are pickles of a dict despite the .npz name
-            self.ids = np.asarray(parts[split], np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-            raise LczmapError(f"{split_file}: not a LCZC-GES2 split (a pickled dict with train/validation/test): {exc!r}") from None
+            self.ids = np.asarray(parts[split])
+        except (TypeError, ValueError) as exc:
+            raise LczmapError(f"{split_file}: split {split!r} is not a list of sample ids ({exc})") from None
+        if self.ids.ndim != 1 or not np.issubdtype(self.ids.dtype, np.integer):
+            raise LczmapError(f"{split_file}: split {split!r} is not a 1-D list of integer sample ids")
+        self.ids = self.ids.astype(np.int64)
         self.split, self.partition = split, partition
         self.bands, self.patch = S2_BANDS, 32
         self.has_graphs = (folder / GES2_GRAPHS).is_dir()
@@ -203,6 +210,47 @@ class Ges2Source(PatchSource):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "split": self.split, "partition": self.partition, "graphs": self.has_graphs}
+
+
+class _SplitUnpickler(pickle.Unpickler):
+    """Unpickles only plain data: builtins containers, numbers, strings and numpy arrays/dtypes.
+
+    The released split files are pickles, and a pickle can name any callable; everything outside this
+    list is refused, so a crafted file cannot run code.
+    """
+
+    ALLOWED = frozenset({
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("builtins", "int"), ("builtins", "float"), ("builtins", "complex"),
+        ("builtins", "str"), ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "bool"),
+        ("_codecs", "encode"),  # protocol 2 stores array bytes as latin-1 text
+        *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")),
+        *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        *(("numpy", t) for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                 "float32", "float64", "bool_")),
+        *(("numpy.dtypes", f"{t}DType") for t in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32",
+                                                  "UInt64", "Float32", "Float64", "Bool", "Str", "Bytes")),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a data file has no reason to name")
+        return super().find_class(module, name)
+
+
+def load_split_file(path: Path) -> dict:
+    """A LCZC-GES2 split file (a pickled dict despite the .npz name), read without running any code from it."""
+    try:
+        with open(path, "rb") as f:
+            parts = _SplitUnpickler(f, encoding="latin1").load()  # latin1: Python 2 era numpy pickles
+    except OSError as exc:
+        raise LczmapError(f"{path}: cannot read LCZC-GES2 split file ({exc.strerror or exc})") from None
+    except Exception as exc:  # a hostile or damaged pickle can raise anything while being decoded
+        raise LczmapError(f"{path}: not a LCZC-GES2 split file (a pickled dict of sample ids): {exc}") from None
+    if not isinstance(parts, dict):
+        raise LczmapError(f"{path}: not a LCZC-GES2 split file (holds a {type(parts).__name__}, expected a dict of sample ids)")
+    return parts
 
 
 class ConcatSource(PatchSource):
