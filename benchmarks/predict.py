@@ -1,15 +1,19 @@
-"""Benchmark `lczmap predict`: bare model throughput vs the pipeline's inference stage, and peak memory vs city size.
+"""Benchmark `lczmap predict` against the network's and the decoder's own speed, on any backend and machine.
 
-    python benchmarks/predict.py [--model msmla18-demo] [--batch-size 256] [--city-km 8] [--sizes 3 8 16]
+    python benchmarks/predict.py [--city-km 8] [--model msmla18-demo] [--batch-size 256|auto] [--json FILE]
 
-(a) the bare model on random patches of the model's shape and the batch size: model.predict(x, batch_size)
-    (the target's reference) and a predict_on_batch loop, in patches/s;
-(b) the staging+inference stage of predict (threaded scheduler, model already loaded) on a demo city, in
-    mapped patches/s; target (b)/(a) >= 0.8;
-(c) peak RSS of a child process running the whole `predict_city` for demo cities of each size; target:
-    growing by at most 30 % from the smallest to the largest.
-Demo cities are generated once into $LCZMAP_CACHE/bench (default ~/.cache/lczmap/bench). Without the
-named model (e.g. before models/msmla18-demo exists) a randomly initialised msmla18 is used.
+Reports, for the demo city of --city-km (generated once into $LCZMAP_CACHE/bench, default ~/.cache/lczmap/bench):
+- bare_patches_per_s: the bare model on random patches of one fixed batch shape (device-resident on an
+  accelerator: the batch is put on the device once, as `predict` does with a block);
+- inference_patches_per_s: lczmap's inference path (inference.prepare_block + infer_block, patches cut on the
+  device on an accelerator, on the host otherwise) on blocks staged beforehand, model loaded and compiled;
+- staging_cells_per_s: staging alone (prepare_block for every block on all cores, threads as predict runs them);
+- cpus, decode_floor_cells_per_s: one core's time for GDAL alone to decode and resample every source over the
+  city once (one warp per band file on the whole base grid) and to rasterise all its buildings once
+  (GDALRasterizeLayers on the building index at 1 m), as output cells per second;
+- end_to_end_cells_per_s: `predict_city` without generation (planning, staging, inference, writing);
+and the ratios the issue sets targets on: inference/bare, end-to-end cells/s x patches per cell / bare,
+(staging/cpus)/decode floor. Each figure comes from this one run (the machine may be shared and noisy).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,66 +68,94 @@ def model_dir(name: str) -> str:
     return str(folder)
 
 
-def bare_throughput(model: str, batch_size: int, seconds: float = 20.0) -> dict[str, float]:
-    """(a) patches/s of the bare model on random patches: model.predict(x, batch_size) and a predict_on_batch loop."""
+def bare(plan, seconds: float) -> float:
+    """Patches/s of the bare model on one random batch of the plan's size (on the device when there is one)."""
+    import keras
     import numpy as np
 
-    from lczmap.card import load_card
-    from lczmap.inference import cached_model
+    from lczmap.inference import accelerator, plan_model
 
-    card = load_card(model)
-    net, _ = cached_model(card)
-    x = np.random.default_rng(0).normal(size=(8 * batch_size, *card.input_shape)).astype("float32")
-    net.predict(x[:batch_size], batch_size=batch_size, verbose=0)
-    net.predict_on_batch(x[:batch_size])
-    out = {}
-    for name, call, n in (("predict", lambda: net.predict(x, batch_size=batch_size, verbose=0), len(x)),
-                          ("predict_on_batch", lambda: net.predict_on_batch(x[:batch_size]), batch_size)):
-        done, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 2:
-            call()
-            done += n
-        out[name] = done / (time.perf_counter() - t0)
-    return out
+    model, _ = plan_model(plan)
+    x = np.random.default_rng(0).normal(size=(plan.batch_size, *plan.card.input_shape)).astype("float32")
+    if accelerator() is not None:
+        x = keras.ops.convert_to_tensor(x)
+    model.predict_on_batch(x)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.predict_on_batch(x)
+        done += plan.batch_size
+    return done / (time.perf_counter() - t0)
 
 
-def pipeline_throughput(model: str, batch_size: int, city_km: float) -> dict[str, float]:
-    """(b) mapped patches/s of the staging+inference stage (model loaded and traced beforehand, as in a warm worker)."""
-    import numpy as np
+def staging(plan) -> tuple[list, float]:
+    """Every block prepared (read, masked, normalised) on all cores; the blocks and the seconds."""
+    from lczmap.inference import prepare_block
 
-    from lczmap.config import load_city_config
-    from lczmap.inference import cached_model
-    from lczmap.predict import compute_probabilities, plan_city
-
-    plan = plan_city(load_city_config(demo_city(city_km)), model, batch_size=batch_size)
-    net, _ = cached_model(plan.card)
-    net.predict_on_batch(np.zeros((batch_size, *plan.card.input_shape), "float32"))
+    blocks = plan.grid.output_blocks(plan.block)
     t0 = time.perf_counter()
-    probs = compute_probabilities(plan, progress=False)
-    seconds = time.perf_counter() - t0
-    patches = int((~np.isnan(probs[0])).sum())
-    return {"patches": patches, "seconds": round(seconds, 2), "patches_per_s": patches / seconds}
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        prepared = list(pool.map(lambda rc: prepare_block(plan, *rc), blocks))
+    return prepared, time.perf_counter() - t0
+
+
+def inference(plan, prepared: list) -> tuple[int, float]:
+    """Patches and seconds of lczmap's inference path on staged blocks (the first block run once to compile)."""
+    from lczmap.inference import infer_block
+
+    first = next(p for p in prepared if p.patches is not None)
+    infer_block(plan, first)
+    t0 = time.perf_counter()
+    patches = 0
+    for p in prepared:
+        infer_block(plan, p)
+        patches += len(p.patches) if p.patches is not None else 0
+    return patches, time.perf_counter() - t0
+
+
+def decode_floor(plan) -> float:
+    """One core's seconds for GDAL alone: every source band file warped once over the whole base grid, and every
+    building burnt once at 1 m."""
+    import numpy as np
+    from rasterio.enums import Resampling
+
+    from lczmap.sources.base import warp
+    from lczmap.sources.osm import INDEX_LAYER, SUPERSAMPLE, burn_layer
+
+    box = plan.grid.base
+    jobs: list = []
+    for source in plan.stage.sources:
+        if source.key == "osm":
+            jobs.append(lambda s=source: burn_layer(s.index, INDEX_LAYER, box, SUPERSAMPLE))
+            continue
+        for href in source.files():
+            if href.lower().endswith((".jp2", ".tif", ".tiff")):
+                nearest = source.key == "landcover" or "SCL" in Path(href).name
+                jobs.append(lambda h=href, n=nearest: warp(h, [1], box, Resampling.nearest if n else Resampling.bilinear,
+                                                          "float32", dst_nodata=np.nan))
+    for job in jobs:  # once to open the handles, as a warm worker has them
+        job()
+    t0 = time.perf_counter()
+    for job in jobs:
+        job()
+    return time.perf_counter() - t0
 
 
 CHILD = """
 import json, sys, time
-from pathlib import Path
 from lczmap.config import load_city_config
 from lczmap.predict import predict_city
+batch = sys.argv[4] if sys.argv[4] == "auto" else int(sys.argv[4])
 t0 = time.perf_counter()
-s = predict_city(load_city_config(sys.argv[1]), sys.argv[2], model=sys.argv[3], progress=False)
-# VmHWM: this process's own peak RSS (ru_maxrss would also count the parent's RSS inherited at fork)
-hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024, "seconds": round(time.perf_counter() - t0, 1),
-                  "cells": s["grid"]["shape"]}))
+s = predict_city(load_city_config(sys.argv[1]), sys.argv[2], model=sys.argv[3], batch_size=batch, progress=False,
+                 precision=sys.argv[5])
+print(json.dumps({"seconds": time.perf_counter() - t0, "stages": s["seconds"]}))
 """
 
 
-def peak_memory(model: str, size_km: float) -> dict[str, float]:
-    """(c) peak RSS (MB) of a fresh process mapping a demo city of `size_km` with predict_city."""
-    city = demo_city(size_km)
+def end_to_end(city: Path, model: str, batch: str, precision: str) -> dict:
+    """predict_city in a fresh process (its start-up and model load count, as for a user)."""
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(city), str(Path(tmp) / "lcz.tif"), model],
+        done = subprocess.run([sys.executable, "-c", CHILD, str(city), str(Path(tmp) / "lcz.tif"), model, batch, precision],
                               check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -130,41 +163,52 @@ def peak_memory(model: str, size_km: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="msmla18-demo")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--city-km", type=float, default=8.0, help="demo city size for (b)")
-    parser.add_argument("--sizes", type=float, nargs="*", default=[3, 8, 16], help="demo city sizes for (c); none: skip (c)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of (a)")
+    parser.add_argument("--batch-size", default="256", help="patches per model call, or auto")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--city-km", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the bare-model measurement")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
+    from lczmap.config import load_city_config
+    from lczmap.inference import device_description
+    from lczmap.predict import plan_city
+
     model = model_dir(args.model)
-    results: dict[str, object] = {"model": model, "batch_size": args.batch_size, "cpus": os.cpu_count()}
-    for size in args.sizes:  # generate every city first, so generation does not disturb the timings
-        demo_city(size)
-    # (a) is measured before and after (b) and averaged, so that drifting machine load affects both alike.
-    a1 = bare_throughput(model, args.batch_size, args.seconds / 2)
-    b = pipeline_throughput(model, args.batch_size, args.city_km)
-    a2 = bare_throughput(model, args.batch_size, args.seconds / 2)
-    a = {k: (a1[k] + a2[k]) / 2 for k in a1}
-    print(f"(a) bare model: model.predict {a['predict']:.0f} patches/s, predict_on_batch {a['predict_on_batch']:.0f} "
-          f"patches/s (batch {args.batch_size})", flush=True)
-    print(f"(b) predict inference stage, {args.city_km:g} km city: {b['patches_per_s']:.0f} patches/s "
-          f"({b['patches']} patches in {b['seconds']} s); (b)/(a) = {b['patches_per_s'] / a['predict']:.2f} vs "
-          f"model.predict (target >= 0.8), {b['patches_per_s'] / a['predict_on_batch']:.2f} vs predict_on_batch", flush=True)
-    results.update(bare_patches_per_s=a, pipeline=b, ratio=b["patches_per_s"] / a["predict"],
-                   ratio_vs_predict_on_batch=b["patches_per_s"] / a["predict_on_batch"])
-    if not args.sizes:
-        print(json.dumps(results, indent=2))
-        return
-    memory = {}
-    for size in args.sizes:
-        memory[f"{size:g}km"] = m = peak_memory(model, size)
-        print(f"(c) {size:g} km city ({m['cells'][0]} x {m['cells'][1]} cells): peak RSS {m['peak_rss_mb']:.0f} MB, "
-              f"{m['seconds']} s", flush=True)
-    first, last = memory[f"{args.sizes[0]:g}km"], memory[f"{args.sizes[-1]:g}km"]
-    growth = last["peak_rss_mb"] / first["peak_rss_mb"] - 1
-    print(f"(c) peak memory growth {args.sizes[0]:g} -> {args.sizes[-1]:g} km: {growth:+.0%} (target <= +30%)")
-    results.update(memory=memory, memory_growth=growth)
+    city = demo_city(args.city_km)
+    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    plan = plan_city(load_city_config(city), model, batch_size=batch, precision=args.precision)
+    cells = int(plan.aoi_mask.sum())
+    print(f"{device_description()}; {args.city_km:g} km city, {cells} cells in the AOI, batch {plan.batch_size}, "
+          f"{args.precision}", flush=True)
+    prepared, staging_s = staging(plan)
+    a1 = bare(plan, args.seconds / 2)
+    patches, inference_s = inference(plan, prepared)
+    a2 = bare(plan, args.seconds / 2)
+    bare_rate = (a1 + a2) / 2  # before and after, so that drifting load affects both alike
+    del prepared
+    floor_s = decode_floor(plan)
+    e2e = end_to_end(city, model, args.batch_size, args.precision)
+    cpus = os.cpu_count() or 1
+    results = {
+        "device": device_description(), "city_km": args.city_km, "cells": cells, "patches": patches,
+        "batch_size": plan.batch_size, "precision": args.precision, "cpus": cpus,
+        "bare_patches_per_s": round(bare_rate, 1),
+        "inference_patches_per_s": round(patches / inference_s, 1),
+        "staging_cells_per_s": round(cells / staging_s, 1),
+        "decode_floor_cells_per_s": round(cells / floor_s, 1),
+        "end_to_end_cells_per_s": round(cells / e2e["seconds"], 1),
+        "end_to_end_seconds": round(e2e["seconds"], 2), "end_to_end_stages": e2e["stages"],
+    }
+    patches_per_cell = patches / cells
+    results["ratios"] = {
+        "inference/bare": round(results["inference_patches_per_s"] / bare_rate, 3),
+        "end_to_end/bare": round(results["end_to_end_cells_per_s"] * patches_per_cell / bare_rate, 3),
+        "staging_per_cpu/decode_floor": round(results["staging_cells_per_s"] / cpus / results["decode_floor_cells_per_s"], 3),
+    }
     print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

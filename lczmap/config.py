@@ -202,9 +202,11 @@ def _paths_rule(base: Path | None) -> Callable[[Any], Path | tuple[Path, ...]]:
 
 
 def _scheme(value: Any) -> str:
+    from .sources.landcover import SCHEMES
+
     value = check_text(value)
-    if value.lower() not in ("worldcover", "nlcm") and not value.lower().endswith(".csv"):
-        raise ValueError("must be worldcover, nlcm or a CSV table source_code,lczmap_code")
+    if value.lower() not in SCHEMES and not value.lower().endswith(".csv"):
+        raise ValueError(f"must be one of {', '.join(SCHEMES)} or a CSV table source_code,lczmap_code")
     return value
 
 

@@ -55,6 +55,9 @@ _ERRNO_TEXT = {
 
 def describe(exc: BaseException) -> str:
     """What went wrong, in one line, for any exception (the library's first line; errno's name for OSError)."""
+    inner = exc.__cause__ or exc.__context__
+    if inner is not None and "previous exception" in str(exc):  # rasterio's "Read failed. See previous exception ..."
+        return describe(inner)
     if isinstance(exc, OSError) and exc.errno in _ERRNO_TEXT:
         return _ERRNO_TEXT[exc.errno]
     if isinstance(exc, OSError) and exc.strerror:

@@ -14,6 +14,7 @@ offset -1 so that GDAL, QGIS and rasterio's scaling read percent).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,12 +322,22 @@ def _attribute_table(band: Band) -> str:
     return "\n".join(out)
 
 
-def translate_cog(vrt: Path, path: Path, resampling: str = "MODE") -> None:
-    """Copy a VRT into a Cloud-Optimized GeoTIFF at `path` (deflate, overviews by `resampling`); GDAL streams it."""
+def translate_cog(vrt: Path, path: Path, resampling: str = "MODE", sidecar: Path | None = None) -> None:
+    """Copy a VRT into a Cloud-Optimized GeoTIFF at `path` (deflate, overviews by `resampling`); GDAL streams it.
+
+    GDAL puts what a GTiff cannot hold (category names, the attribute table) into `<path>.aux.xml`; that
+    file is moved to `sidecar`, or removed.
+    """
     from rasterio.shutil import copy
 
-    copy(str(vrt), str(path), driver="COG", COMPRESS="DEFLATE", PREDICTOR="NO", BLOCKSIZE=512,
-         OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS=1)
+    pam = path.with_name(path.name + ".aux.xml")
+    try:
+        copy(str(vrt), str(path), driver="COG", COMPRESS="DEFLATE", PREDICTOR="NO", BLOCKSIZE=512,
+             OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS=1)
+        if sidecar is not None:
+            os.replace(pam, sidecar)
+    finally:
+        pam.unlink(missing_ok=True)
 
 
 def lcz_band(source: int, description: str) -> Band:
@@ -342,8 +353,7 @@ def lcz_band(source: int, description: str) -> Band:
 def status_band(source: int) -> Band:
     """The cell-status band: which cells the model mapped, which the filter filled, which have no class."""
     return Band(source=source, description="filled", palette=STATUS_COLOURS,
-                categories={STATUS_OUTSIDE: "", **STATUS_NAMES},
-                metadata={"values": "0 outside the AOI, 1 mapped by the model, 2 filled by the filter, 3 no class"})
+                metadata={"values": "0 outside the AOI, " + ", ".join(f"{k} {v}" for k, v in STATUS_NAMES.items())})
 
 
 def colour_tag() -> str:

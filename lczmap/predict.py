@@ -409,12 +409,15 @@ def write_outputs(
     seconds: dict[str, float] | None = None,
     *,
     client: Any = None,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Classify, filter, fill and write the map COGs, the JSON summary and the quicklook, block by block.
 
     `probabilities`: the lazy (17, H, W) array of `block_tasks` (or the same computed, which is wrapped in
-    blocks of `plan.block` cells). Runs on `client`'s cluster (whose workers must see `out`'s folder), else
-    on local threads; only the per-block area tables come back. Files (see `output_paths`): the map, one
+    blocks of `plan.block` cells). Runs where `lczmap.cluster.run_graph` puts it: on `client`'s cluster
+    (whose workers must see `out`'s folder), else on `threads` local threads; only the summed area table
+    comes back. Files (see `output_paths`): the map, one
     band (`lczFilter`, or `lcz` with filter=False) with the WUDAPT colour table and class names; the LCZ
     Generator's bands `lcz`, `lczFilter`, `lczProbability` in `<stem>_lcz3.tif`; the cell status
     (mapped / filled / no class) in `<stem>_filled.tif`; optionally the 17 class probabilities. Value 0 is
@@ -445,10 +448,11 @@ def write_outputs(
         blocks_dir = tmp["map"].with_name(tmp["map"].name + ".blocks")
         try:
             t0 = time.perf_counter()
-            areas = _write_blocks(stack, box, blocks_dir, _run(client), area_band=1 if filter else 0)
+            run = _runner(client, threads, progress)
+            areas = _write_blocks(stack, box, blocks_dir, run, area_band=1 if filter else 0)
             seconds["blocks"] = round(time.perf_counter() - t0, 3)
             t0 = time.perf_counter()
-            _write_cogs(plan, box, blocks_dir, stack, tmp, filter, probabilities_file, _run(client))
+            _write_cogs(plan, box, blocks_dir, stack, tmp, filter, probabilities_file, run)
             seconds["cogs"] = round(time.perf_counter() - t0, 3)
         finally:
             shutil.rmtree(blocks_dir, ignore_errors=True)
@@ -480,13 +484,11 @@ def _aoi_block(plan: PredictPlan, rows: slice, cols: slice) -> np.ndarray:
     return plan.aoi_block(rows, cols).astype(np.float32)[None]
 
 
-def _run(client: Any):
-    """compute(*delayed) on `client`'s cluster, or on local threads."""
-    import dask
+def _runner(client: Any, threads: int | None, progress: bool):
+    """Computes one dask object where `run_graph` puts it (`client`'s cluster, or local threads)."""
+    from .cluster import run_graph
 
-    if client is not None:
-        return lambda *tasks: client.gather(client.compute(list(tasks)))
-    return lambda *tasks: dask.compute(*tasks, scheduler="threads", num_workers=os.cpu_count())
+    return lambda task: run_graph(task, client=client, threads=threads, progress=progress, desc="map blocks")
 
 
 def _write_blocks(stack: Any, box: Any, folder: Path, run: Any, area_band: int) -> np.ndarray:
@@ -502,7 +504,7 @@ def _write_blocks(stack: Any, box: Any, folder: Path, run: Any, area_band: int) 
         rows = slice(int(starts[0][i]), int(starts[0][i + 1]))
         cols = slice(int(starts[1][j]), int(starts[1][j + 1]))
         tasks.append(dask.delayed(write_block, pure=False)(block, str(folder / f"b{i}_{j}.tif"), box, rows, cols, area_band))
-    return np.sum(run(*tasks), axis=0)
+    return run(dask.delayed(np.sum)(tasks, axis=0))  # the reduction runs on the workers too
 
 
 def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict[str, Path], filter: bool,
@@ -522,7 +524,7 @@ def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict
     three = [lcz_band(LCZ + 1, "lcz"), *([lcz_band(LCZ_FILTER + 1, "lczFilter")] if filter else []), probability]
     files = {
         "map": ([lcz_band(shown + 1, "lczFilter" if filter else "lcz")], tags, "MODE"),
-        "lcz3": ([replace(b, palette=None) for b in three], {**tags, "LCZ_COLOURS": colour_tag()}, "MODE"),
+        "lcz3": ([replace(b, palette=None, categories=None) for b in three], {**tags, "LCZ_COLOURS": colour_tag()}, "MODE"),
         "filled": ([status_band(STATUS + 1)], tags, "MODE"),
     }
     if probabilities_file:
@@ -533,13 +535,10 @@ def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict
     for key, (bands, file_tags, resampling) in files.items():
         vrt = folder / f"{key}.vrt"
         vrt.write_text(class_vrt(box, blocks, bands, file_tags))
-        tasks.append(dask.delayed(translate_cog, pure=False)(vrt, tmp[key], resampling))
-    run(*tasks)
-    # GDAL keeps the map's class names and attribute table in a PAM sidecar named after the file it wrote.
-    os.replace(tmp["map"].with_name(tmp["map"].name + ".aux.xml"), tmp["map_aux"])
-    for key in ("lcz3", "filled", "probabilities"):
-        if key in tmp:
-            tmp[key].with_name(tmp[key].name + ".aux.xml").unlink(missing_ok=True)
+        # Only the map keeps GDAL's sidecar (its class names and attribute table); the others have none.
+        sidecar = tmp["map_aux"] if key == "map" else None
+        tasks.append(dask.delayed(translate_cog, pure=False)(vrt, tmp[key], resampling, sidecar))
+    run(dask.delayed(tuple)(tasks))
     tmp["style"].write_text(qgis_style(band=1))
     tmp["lcz3_style"].write_text(qgis_style(band=2 if filter else 1))
 
@@ -602,6 +601,7 @@ def _tags(plan: PredictPlan) -> dict[str, str]:
 def _summary(plan: PredictPlan, areas: np.ndarray, band: str, box, paths: dict[str, Path], wanted: list[str],
              seconds: dict[str, float], filtered: bool) -> dict[str, Any]:
     from .mosaic import area_summary
+    from .stage import sentinel2_summary
 
     grid = plan.grid
     stats = area_summary(areas)
@@ -630,6 +630,7 @@ def _summary(plan: PredictPlan, areas: np.ndarray, band: str, box, paths: dict[s
         "options": {"batch_size": plan.batch_size, "block": plan.block, "nodata_threshold": plan.nodata_threshold,
                     "filter": filtered},
         "inputs": _input_names(plan),
+        "sentinel2": sentinel2_summary(plan.stage),
         "lczmap_version": __version__,
     }
 
@@ -682,10 +683,13 @@ def predict_city(
 
             plan_model(plan)  # load the model (and start the backend) before the first block, not inside it
             log.info("inference in this process: %s, %s, batch %d", device_description(), plan.precision, plan.batch_size)
-        t0 = time.perf_counter()
-        probs = compute_probabilities(plan, workers=workers, threads=threads, scheduler=scheduler, client=client,
-                                      progress=progress)
-        seconds = {"staging+inference": round(time.perf_counter() - t0, 3)}
-        summary = write_outputs(plan, probs, out, filter=filter, probabilities_file=probabilities, seconds=seconds)
+        with contextlib.ExitStack() as cluster:
+            if client is None and (workers is not None or scheduler is not None):
+                from .cluster import dask_client
+
+                client = cluster.enter_context(dask_client(workers, scheduler, threads=threads))
+            # Inference, filter and writing in one blockwise pass: the probabilities never come back whole.
+            summary = write_outputs(plan, block_tasks(plan), out, filter=filter, probabilities_file=probabilities,
+                                    client=client, threads=threads, progress=progress)
         log.info("wrote %s (%.1f%% of the AOI without data)", out, 100 * summary["nodata_share"])
         return summary

@@ -13,6 +13,7 @@ class (kept; where they overlap the later one owns the cells), and features that
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
 
 from .classes import N_CLASSES, lcz_classes, normalise_code
 from .errors import LczmapError
@@ -117,8 +120,6 @@ def read_reference(path: str | Path, column: str | None, crs: Any, *, min_area_m
                 report(i, f"not a polygon ({geom.geom_type})", "left out")
                 continue
             if not polygonal.is_valid:
-                import shapely
-
                 reason = shapely.is_valid_reason(polygonal)
                 polygonal = _polygonal(shapely.make_valid(polygonal))
                 report(i, f"invalid polygon ({reason})", "repaired and kept")
@@ -147,9 +148,6 @@ def _first_reason(suspicious: list[dict[str, Any]]) -> str:
 
 def _polygonal(geom):
     """The polygon part of a geometry (KML MultiGeometry can mix points and polygons); empty if it has none."""
-    import shapely
-    from shapely.geometry import MultiPolygon, Polygon
-
     if isinstance(geom, (Polygon, MultiPolygon)):
         return geom
     parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
@@ -158,8 +156,6 @@ def _polygonal(geom):
 
 def _report_area_and_overlap(frame, min_area_m2: float, report) -> None:
     """Report areas below `min_area_m2` and pairs of different classes that overlap, measured in metres (local UTM)."""
-    import shapely
-
     metric = frame.to_crs(frame.estimate_utm_crs()) if frame.crs.is_geographic else frame
     geoms = metric.geometry.to_numpy()
     rows = frame.index.to_numpy()
@@ -213,7 +209,7 @@ def _read_kml(path: Path):
     text = _kml_text(path)
     try:
         root = ET.fromstring(text)
-        namespaces = dict(node for _, node in ET.iterparse(_as_stream(text), events=("start-ns",)))
+        namespaces = dict(node for _, node in ET.iterparse(io.BytesIO(text), events=("start-ns",)))
     except ET.ParseError as exc:
         raise LczmapError(f"{path}: not valid KML ({exc})") from None
     placemarks = _placemarks(root)
@@ -264,12 +260,6 @@ def _kml_text(path: Path) -> bytes:
             return kmz.read("doc.kml" if "doc.kml" in names else names[0])
     except zipfile.BadZipFile:
         raise LczmapError(f"{path}: not a KMZ (zip) file") from None
-
-
-def _as_stream(text: bytes):
-    import io
-
-    return io.BytesIO(text)
 
 
 def _local(tag: str) -> str:

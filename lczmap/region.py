@@ -376,10 +376,11 @@ def _warp_mosaic(plan: RegionPlan, out: Path, names: list[str]) -> None:
                                    height=int(win.height), resampling=Resampling.nearest, nodata=0) as vrt:
                         new = vrt.read()
                     old = dst.read(window=win)
-                    dst.write(np.where(new[:1] != 0, new, old), window=win)
-            for key in ("created", "city", "inputs"):
+                    dst.write(np.where(new != 0, new, old), window=win)
+            for key in ("created", "city", "inputs"):  # a tile's own; the region's follow
                 tags.pop(key, None)
-            dst.update_tags(**tags, region=plan.spec.config.name, tiles=str(len(plan.tiles)), LCZ_COLOURS=colour_tag())
+            tags.update(region=plan.spec.config.name, tiles=str(len(plan.tiles)), LCZ_COLOURS=colour_tag())
+            dst.update_tags(**tags)
         with rasterio.open(partial) as src:
             cog_translate(src, str(tmp), cog_profiles.get("deflate"), nodata=0, overview_resampling="mode",
                           in_memory=False, quiet=True)

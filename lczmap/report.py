@@ -145,7 +145,7 @@ def quicklook_figure(
     length = frame.scale_bar(ax)
     if title:
         ax.set_title(title, fontsize=9, loc="left")
-    parts = [f"CRS {_crs_label(crs)}", f"cell {_cell_label(affine, crs, step)}",
+    parts = [f"CRS {_crs_label(crs)}", f"cell {_cell_label(affine, crs, step, frame)}",
              f"image date{'s' if len(dates) > 1 else ''} {', '.join(dates)}" if dates else "image date(s) not recorded",
              f"model {model}" if model else None, f"scale bar {_length_label(length)}", caption or None,
              f"lczmap {__version__}"]
@@ -172,9 +172,12 @@ def _crs_label(crs: CRS) -> str:
     return f"{crs.name} (EPSG:{epsg})" if epsg else crs.name
 
 
-def _cell_label(affine: Affine, crs: CRS, step: int) -> str:
-    size = abs(affine.a) / step
-    text = f"{size:.6g}°" if crs.is_geographic else f"{size:g} m"
+def _cell_label(affine: Affine, crs: CRS, step: int, frame: _MapFrame) -> str:
+    width, height = abs(affine.a) / step, abs(affine.e) / step
+    if crs.is_geographic:  # degrees, and what they are on the ground at the map centre
+        text = f"{width:.6g}° (about {width * frame.metres_per_unit:.0f} m x {height * frame.metres_per_unit * frame.aspect:.0f} m)"
+    else:
+        text = f"{width:g} m"
     return text + (f" (drawn at 1/{step} resolution)" if step > 1 else "")
 
 

@@ -233,6 +233,17 @@ def build_report(plan: StagePlan, counts: dict[str, int] | None = None) -> dict[
     return report
 
 
+def sentinel2_summary(plan: StagePlan) -> dict[str, Any]:
+    """For a map's summary: how the Sentinel-2 products were composited and, per product (best first), its date,
+    tile, cloud share over the AOI and the share of AOI pixels it supplies (estimated on the 60 m planning grid;
+    the staging report counts them exactly)."""
+    s2 = next(s for s in plan.sources if s.key == "sentinel2")
+    keep = ("date", "tile", "processing_baseline", "cloud_share", "contributed_estimate")
+    return {"composite": s2.method, "masked_scl": list(s2.masked),
+            "products": [{"name": Path(f["path"]).name, **{k: f[k] for k in keep}} for f in s2.product_facts()],
+            "skipped": list(s2.skipped)}
+
+
 def _fingerprint(grid: CityGrid, sources: list[Source], missing: list[str], bands: tuple[str, ...] = BANDS) -> str:
     """Identifies the inputs of a staging run (grid, sources, file sizes and times), so a resume never mixes inputs."""
     files = sorted({f for s in sources for f in s.files()})

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import shapely.affinity
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
@@ -149,8 +150,11 @@ def test_device_cutting_equals_host_cutting_on_jax(demo_city_config, model):
     assert result["diff"] < 1e-5
 
 
-def test_tiled_jp2_window_read_decodes_only_touched_tiles(tmp_path):
-    """A 2048 x 2048 JP2 in 1024 x 1024 tiles (as L2A bands are): a window in one tile decodes that tile alone."""
+def test_tiled_jp2_window_read_decodes_only_touched_tiles(tmp_path, caplog):
+    """A 2048 x 2048 JP2 in 1024 x 1024 tiles (as L2A bands are): a window decodes only the tiles it touches."""
+    import logging
+    import re
+
     from lczmap.demo.sentinel2_safe import JP2_OPTIONS
 
     path = tmp_path / "T52SCG_B02_10m.jp2"
@@ -161,14 +165,20 @@ def test_tiled_jp2_window_read_decodes_only_touched_tiles(tmp_path):
         dst.write(data, 1)
     with rasterio.open(path) as src:
         assert src.block_shapes == [(1024, 1024)]
-    gdal = base.gdal_library()
-    window = GeoBox((100, 100), Affine(10, 0, 300000 + 10 * 200, 0, -10, 4000000 - 10 * 300), "EPSG:32652")
-    before = gdal.GDALGetCacheUsed64()
-    got = base.warp(str(path), [1], window, Resampling.nearest)[0]
-    used = gdal.GDALGetCacheUsed64() - before
-    assert (got == data[300:400, 200:300]).all()
-    tile = 1024 * 1024 * 2
-    assert 0 < used <= 1.5 * tile, f"decoded {used / tile:.2f} tiles for a window inside one"
+
+    def decoded(row: int, col: int, size: int) -> set[int]:
+        """OpenJPEG's tile numbers decoded to read a size x size window at pixel (row, col)."""
+        window = GeoBox((size, size), Affine(10, 0, 300000 + 10 * col, 0, -10, 4000000 - 10 * row), "EPSG:32652")
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG), rasterio.Env(CPL_DEBUG=True):
+            got = base.warp(str(path), [1], window, Resampling.nearest)[0]
+        assert (got == data[row:row + size, col:col + size]).all()
+        return {int(m) for m in re.findall(r"Tile (\d+)/4 has been decoded", caplog.text)}
+
+    assert decoded(300, 200, 100) == {1}  # inside the first tile
+    assert decoded(1500, 1100, 100) == {4}  # inside the last
+    # Across tiles 1 and 3: tile 1 is still in GDAL's block cache (the handle stays open), so only 3 is decoded.
+    assert decoded(1000, 300, 100) == {3}
 
 
 def test_prefetch_is_bounded_and_ordered():
@@ -225,8 +235,8 @@ def test_block_task_input_does_not_grow_with_the_city(config, model, tmp_path):
     """A 24 km AOI over the 3 km demo city's sources: the plan a block task receives is as small as the 3 km one."""
     small = plan_city(config, model)
     aoi = read_aoi(config.aoi).to_crs(small.grid.crs)
-    cx, cy = aoi.centroid.points[0]
-    big = shapely.box(cx - 12_000, cy - 12_000, cx + 12_000, cy + 12_000)
+    # The demo AOI scaled 8 times (the same vertices), so only the grid's size differs.
+    big = shapely.affinity.scale(aoi.geom, 8, 8, origin="centroid")
     path = Path(config.aoi).with_name("aoi24.geojson")
     from odc.geo.geom import Geometry
 
@@ -236,7 +246,7 @@ def test_block_task_input_does_not_grow_with_the_city(config, model, tmp_path):
     large = plan_city(replace(config, aoi=path), model)
     assert large.grid.output.shape[0] >= 8 * small.grid.output.shape[0] - 8
     sizes = [len(pickle.dumps((p, slice(0, 48), slice(0, 48)))) for p in (small, large)]
-    assert abs(sizes[1] - sizes[0]) < 0.05 * sizes[0], sizes
+    assert abs(sizes[1] - sizes[0]) < 0.02 * sizes[0], sizes
 
 
 def test_warp_approximation_error_is_below_the_data_precision(config, monkeypatch):

@@ -99,14 +99,14 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
     loss, best epoch by validation accuracy, flips and rotations) with balanced class weights and per-band
     normalisation. A checkpoint is written every epoch into OUT/checkpoint; rerun the same command to resume.
     """
+    if (kw["reference"] or kw["reference_column"]) and not kw["cities"]:
+        raise LczmapError("--reference and --reference-column go with --city (training areas of a staged city)")
     from ..train.trainer import TrainConfig, train
 
     if kw["network"] not in NETWORKS:
         raise LczmapError(f"--network {kw['network']}: unknown (known networks: {', '.join(NETWORKS)})")
     if bool(kw["data"]) == bool(kw["cities"]):
         raise LczmapError("give training data with --data FILE or --city city.yaml (one of the two)")
-    if (kw["reference"] or kw["reference_column"]) and not kw["cities"]:
-        raise LczmapError("--reference and --reference-column go with --city (training areas of a staged city)")
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     out = Path(kw["out"])
     data, note = tuple(Path(p) for p in kw["data"]), {}

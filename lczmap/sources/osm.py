@@ -30,7 +30,7 @@ from odc.geo.geom import Geometry, box
 from pyproj import Transformer
 from rasterio.features import rasterize
 
-from ..errors import LczmapError
+from ..errors import LczmapError, describe
 from .base import Source, check_exists, gdal_library
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,8 @@ def _build_index(index: str, origin: str | None, bbox: tuple[float, float, float
                 pyogrio.raw.write(tmp, geometry=wkb, field_data=[], fields=[], layer=INDEX_LAYER, driver="GPKG",
                                   geometry_type="Unknown", crs=None, layer_options={"SPATIAL_INDEX": "YES"})
             os.replace(tmp, index)
+        except Exception as exc:  # a full disk or a file-size limit: name the file being written
+            raise LczmapError(f"{index}: cannot write the building index ({describe(exc)}); free space or set LCZMAP_CACHE") from None
         finally:
             tmp.unlink(missing_ok=True)
         log.info("indexed %d buildings of %s into %s", wkb.size, origin or "the download", index)
@@ -200,7 +202,7 @@ def _to_grid(wkb: np.ndarray, crs: str, batch: int = 50_000) -> np.ndarray:
     project = lambda xy: np.column_stack(to_grid.transform(xy[:, 0], xy[:, 1]))  # noqa: E731
     parts = []
     for start in range(0, wkb.size, batch):
-        geoms = shapely.from_wkb(wkb[start:start + batch])
+        geoms = shapely.from_wkb(wkb[start:start + batch], on_invalid="fix")  # None where unfixable (rings cut by the extract)
         geoms = geoms[np.isin(shapely.get_type_id(geoms), (3, 6)) & ~shapely.is_empty(geoms)]  # polygons, multipolygons
         parts.append(shapely.to_wkb(shapely.transform(geoms, project)))
     return np.concatenate(parts) if parts else np.empty(0, object)

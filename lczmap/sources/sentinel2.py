@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import warnings
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass
@@ -231,7 +230,16 @@ def _raster_scale_offset(info: RasterInfo, index: int) -> tuple[float, float] | 
     return None if (scale == 1.0 and offset == 0.0) else (scale, offset)
 
 
+BASELINE_04_START = "2022-01-25"  # ESA's switch to processing baseline 04.00 (BOA_ADD_OFFSET -1000) for new products
+
+
 def _assumed(where: str) -> tuple[dict[str, Any], float, float]:
+    sensed = _facts(Path(where).name)["date"]
+    if sensed is not None and sensed < BASELINE_04_START:  # e.g. BigEarthNet's 2017-2018 patches: DN / 10000
+        log.warning("%s: no scale/offset metadata; sensed %s, before processing baseline 04.00, so "
+                    "reflectance = DN / 10000 (no offset)", where, sensed)
+        info = {"radiometry_source": "assumed (sensed before baseline 04.00)", "processing_baseline": None}
+        return info, 1 / DEFAULT_QUANTIFICATION, 0.0
     log.warning(
         "%s: no scale/offset metadata; assuming processing baseline >= 04.00 "
         "(reflectance = (DN - 1000) / 10000); add MTD_MSIL2A.xml or GDAL scale/offset to be sure", where,
@@ -723,9 +731,9 @@ class Sentinel2Composite(Source):
                 out[:, rows] = obs[0]
                 chosen = who[0]
             elif self.method == "median":
-                with warnings.catch_warnings():  # all-NaN pixels (never clear) stay NaN
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    out[:, rows] = np.nanmedian(obs, axis=0)
+                seen = valid.any(axis=0)  # pixels never clear stay NaN (and nanmedian is not asked about them)
+                strip = out[:, rows]
+                strip[:, seen] = np.nanmedian(obs[:, :, seen], axis=0)
                 chosen = None
             else:  # best: the valid observation of the best-ranked product (products are sorted best first)
                 rank = np.where(valid, who, np.iinfo("int16").max)
@@ -764,7 +772,6 @@ def search_stac(url: str, aoi: Geometry, out: Path, datetime: str | None = None,
     try:
         import pystac
         from pystac_client import Client
-        from pystac_client.conformance import ConformanceClasses
     except ImportError:
         raise LczmapError("--stac-url: searching a STAC API needs pystac-client (pip install pystac-client)") from None
     import shapely.geometry
@@ -773,15 +780,16 @@ def search_stac(url: str, aoi: Geometry, out: Path, datetime: str | None = None,
 
     lonlat = aoi.to_crs("EPSG:4326").geom
     try:
-        client = Client.open(url)
-        if client.conforms_to(ConformanceClasses.ITEM_SEARCH):
+        root = pystac.read_file(url)
+        if any("item-search" in str(c) for c in root.extra_fields.get("conformsTo", [])):
+            client = Client.open(url)
             query = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else None
             search = client.search(collections=[collection], intersects=shapely.geometry.mapping(lonlat),
                                    datetime=datetime, query=query, max_items=limit)
             items = list(search.items())
         else:
             start, end = _time_range(datetime)
-            items = [item for item in pystac.Catalog.from_file(url).get_items(recursive=True)
+            items = [item for item in root.get_items(recursive=True)
                      if (item.collection_id in (None, collection))
                      and item.geometry is not None and shapely.geometry.shape(item.geometry).intersects(lonlat)
                      and (item.datetime is None or start <= item.datetime.isoformat() <= end)
