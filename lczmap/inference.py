@@ -8,6 +8,7 @@ block) and the in-process runner (`run_blocks`, a bounded prefetch queue) use th
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -76,8 +77,9 @@ def plan_model(plan: PredictPlan) -> tuple[Any, threading.Lock]:
 
 # ---- the device ----------------------------------------------------------------------------------------
 
+@functools.cache
 def accelerator() -> str | None:
-    """The accelerator Keras' backend computes on ('gpu', 'tpu'), or None on CPU."""
+    """The accelerator Keras' backend computes on ('gpu', 'tpu'), or None on CPU (asked once per process)."""
     import keras
 
     backend = keras.backend.backend()

@@ -23,6 +23,11 @@ MAX_QUICKLOOK_CELLS = 3000  # per side; more than a printed figure can show
 MAP_WIDTH_IN, MAP_MAX_HEIGHT_IN = 4.6, 6.0
 SCALE_BAR_OFFSET_IN = 0.42  # below the frame, under the tick labels
 CAPTION_OFFSET_IN = 0.72
+CAPTION_CHARS_PER_IN = 17  # at 7 pt: the caption wraps within the map's width
+LEGEND_OFFSET_IN = (0.25, -0.75)  # from the frame's top-right corner; the north arrow sits above the legend
+NORTH_ARROW_OFFSET_IN = (0.45, -0.05)
+MIN_TICK_GAP_IN = (0.7, 0.3)  # between labels along x and y: a lon/lat label is about 0.5 in long and 0.1 in high at 7 pt
+MIN_SCALE_SPAN_IN = 4.0  # a scale bar shorter than a tenth of this (the worst rounding) would not hold its labels
 NO_DATA_COLOUR = (0.95, 0.75, 0.95, 1.0)
 
 
@@ -123,7 +128,7 @@ def quicklook_figure(
               extent=(left, right, bottom, top), aspect=frame.aspect)
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
-    frame.graticule(ax)
+    frame.graticule(ax, min_gap=((right - left) / map_w * MIN_TICK_GAP_IN[0], (top - bottom) / map_h * MIN_TICK_GAP_IN[1]))
 
     counts = np.bincount(lcz.ravel(), minlength=N_CLASSES + 1)
     mapped = counts[1:].sum()
@@ -132,7 +137,9 @@ def quicklook_figure(
                for c in lcz_classes()]
     if (shown == missing).any():
         handles.append(Patch(facecolor=colours[missing], edgecolor="0.3", linewidth=0.5, label="no data"))
-    legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 0.80), frameon=False, fontsize=7,
+    # legend and north arrow hang from the frame's top-right corner at fixed distances, whatever the map's shape
+    legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1, 1), frameon=False, fontsize=7,
+                       bbox_transform=_from_corner(ax, fig, LEGEND_OFFSET_IN),
                        title="LCZ  (bold: present, % of mapped area)", title_fontsize=7, handlelength=1.6,
                        borderaxespad=0, labelspacing=0.35)
     legend._legend_box.align = "left"
@@ -142,7 +149,7 @@ def quicklook_figure(
         else:
             text.set_color("0.5")
     frame.north_arrow(ax)
-    length = frame.scale_bar(ax)
+    length = frame.scale_bar(ax, units_per_in=(right - left) / map_w)
     if title:
         ax.set_title(title, fontsize=9, loc="left")
     parts = [f"CRS {_crs_label(crs)}", f"cell {_cell_label(affine, crs, step, frame)}",
@@ -150,7 +157,13 @@ def quicklook_figure(
              f"model {model}" if model else None, f"scale bar {_length_label(length)}", caption or None,
              f"lczmap {__version__}"]
     line = " · ".join(p for p in parts if p)
-    ax.text(0, 0, textwrap.fill(line, width=int(fig_w * 17)), transform=_below(ax, fig, CAPTION_OFFSET_IN),
+    # Under the scale bar, and under the legend where the legend reaches lower (a wide, short map): the caption
+    # then spans the map and legend without touching either.
+    renderer = fig.canvas.get_renderer()
+    frame_px, legend_px = ax.get_window_extent(renderer), legend.get_window_extent(renderer)
+    offset = max(CAPTION_OFFSET_IN, (frame_px.y0 - legend_px.y0) / fig.dpi + 0.2)
+    width_in = (legend_px.x1 - frame_px.x0) / fig.dpi
+    ax.text(0, 0, textwrap.fill(line, width=int(width_in * CAPTION_CHARS_PER_IN)), transform=_below(ax, fig, offset),
             fontsize=7, va="top", ha="left", color="0.15", gid="caption")
     return fig
 
@@ -158,6 +171,13 @@ def quicklook_figure(
 def _share(count: int, total: int) -> str:
     share = 100 * count / total
     return "<0.1 %" if share < 0.1 else f"{share:.1f} %"
+
+
+def _from_corner(ax, fig, offset_in: tuple[float, float]):
+    """Axes coordinates shifted by `offset_in` inches: (1, 1) + offset is a point beside the frame's top-right corner."""
+    from matplotlib.transforms import ScaledTranslation
+
+    return ax.transAxes + ScaledTranslation(*offset_in, fig.dpi_scale_trans)
 
 
 def _below(ax, fig, inches: float):
@@ -202,8 +222,11 @@ class _MapFrame:
         # Degrees are drawn with 1/cos(lat) vertical exaggeration, the look of a local equidistant projection.
         self.aspect = 1 / math.cos(math.radians(self.centre[1])) if crs.is_geographic else 1.0
 
-    def graticule(self, ax) -> None:
-        """Meridians and parallels as thin lines, labelled where they cross the bottom and left frame edges."""
+    def graticule(self, ax, min_gap: tuple[float, float]) -> None:
+        """Meridians and parallels as thin lines, labelled where they cross the bottom and left frame edges.
+
+        Labels closer than `min_gap` (x, y in map units) to the previous one are left out, so they never overlap.
+        """
         left, bottom, right, top = self.bounds
         xs = np.linspace(left, right, 50)
         ys = np.linspace(bottom, top, 50)
@@ -225,8 +248,9 @@ class _MapFrame:
                 cut = _crossing(gy, gx, bottom) if is_lon else _crossing(gx, gy, left)
                 if cut is not None and (left <= cut <= right if is_lon else bottom <= cut <= top):
                     (xticks if is_lon else yticks).append((cut, label))
+        xticks, yticks = _spaced(xticks, min_gap[0]), _spaced(yticks, min_gap[1])
         ax.set_xticks([t for t, _ in xticks], [label for _, label in xticks], fontsize=7)
-        ax.set_yticks([t for t, _ in yticks], [label for _, label in yticks], fontsize=7, rotation=90, va="center")
+        ax.set_yticks([t for t, _ in yticks], [label for _, label in yticks], fontsize=7)
         ax.tick_params(direction="out", length=3, width=0.6)
         for spine in ax.spines.values():
             spine.set_linewidth(0.8)
@@ -236,19 +260,23 @@ class _MapFrame:
         lon, lat = self.centre
         (x0, x1), (y0, y1) = self.from_lonlat.transform([lon, lon], [lat, lat + 0.01])
         angle = math.atan2((x1 - x0), (y1 - y0) * self.aspect)
-        tip = (1.10, 0.97)
+        tip = _from_corner(ax, ax.figure, NORTH_ARROW_OFFSET_IN)
         tail = (-22 * math.sin(angle), -22 * math.cos(angle))
-        ax.annotate("", xy=tip, xycoords="axes fraction", xytext=tail, textcoords="offset points", gid="north_arrow",
+        ax.annotate("", xy=(1, 1), xycoords=tip, xytext=tail, textcoords="offset points", gid="north_arrow",
                     arrowprops={"arrowstyle": "-|>,head_width=0.35,head_length=0.7", "color": "black", "linewidth": 1.4})
-        ax.annotate("N", xy=tip, xycoords="axes fraction", xytext=(3 * math.sin(angle), 4 * math.cos(angle)),
+        ax.annotate("N", xy=(1, 1), xycoords=tip, xytext=(3 * math.sin(angle), 4 * math.cos(angle)),
                     textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold", gid="north_arrow")
 
-    def scale_bar(self, ax) -> float:
-        """A two-segment black and white scale bar under the map frame (below the tick labels); returns its length in m."""
+    def scale_bar(self, ax, units_per_in: float) -> float:
+        """A two-segment black and white scale bar under the map frame (below the tick labels); returns its length in m.
+
+        It is about a quarter of the map's width, or of MIN_SCALE_SPAN_IN for a narrow map (reaching past its frame).
+        """
         from matplotlib.transforms import blended_transform_factory
 
         left, _, right, _ = self.bounds
-        length = nice_length((right - left) * self.metres_per_unit)
+        span = max(right - left, units_per_in * MIN_SCALE_SPAN_IN)
+        length = nice_length(span * self.metres_per_unit)
         units = length / self.metres_per_unit
         fig = ax.figure
         bar = blended_transform_factory(ax.transData, _below(ax, fig, SCALE_BAR_OFFSET_IN))
@@ -257,11 +285,21 @@ class _MapFrame:
                 gid="scale_bar")
         ax.plot([x0 + units / 2, x0 + units], [0, 0], transform=bar, color="white", linewidth=3.4,
                 solid_capstyle="butt", clip_on=False, gid="scale_bar")
-        labels = [(0, "0"), (units / 2, _length_label(length / 2).split()[0]), (units, _length_label(length))]
+        half = f"{length / 2000:g}" if length >= 1000 else f"{length / 2:g}"  # in the unit of the end label
+        labels = [(0, "0"), *([(units / 2, half)] if units / units_per_in >= 0.6 else []), (units, _length_label(length))]
         label_at = blended_transform_factory(ax.transData, _below(ax, fig, SCALE_BAR_OFFSET_IN + 0.06))
         for dx, text in labels:
             ax.text(x0 + dx, 0, text, transform=label_at, fontsize=7, ha="center", va="top", clip_on=False, gid="scale_bar")
         return length
+
+
+def _spaced(ticks: list[tuple[float, str]], gap: float) -> list[tuple[float, str]]:
+    """The ticks (position, label) in order, leaving out any closer than `gap` to the last one kept."""
+    kept: list[tuple[float, str]] = []
+    for tick in sorted(ticks):
+        if not kept or tick[0] - kept[-1][0] >= gap:
+            kept.append(tick)
+    return kept
 
 
 def _graticule_step(span_deg: float) -> float:

@@ -23,6 +23,7 @@ from lczmap.batch import MANIFEST, load_pipeline, read_manifest, run_batch
 from lczmap.card import sha256
 from lczmap.cli import cli
 from lczmap.errors import LczmapError
+from lczmap.predict import output_paths
 
 REPO = Path(__file__).resolve().parents[1]
 LCZMAP = Path(sys.executable).parent / "lczmap"
@@ -255,7 +256,9 @@ def test_batch_maps_every_city_and_names_the_broken_one(killed_and_resumed):
         assert cities[name]["status"] in ("done", "skipped")
         tif = out / f"{name}.tif"
         assert cities[name]["sha256"] == sha256(tif)
-        with rasterio.open(tif) as ds:  # the LCZ Generator's layout: lcz, lczFilter, lczProbability
+        # the LCZ Generator's layout (lcz, lczFilter, lczProbability), in a file of its own beside a one-band map
+        three = output_paths(tif).get("lcz3", tif)
+        with rasterio.open(three) as ds:
             assert ds.count == 3 and ds.descriptions == ("lcz", "lczFilter", "lczProbability")
             lcz = ds.read(1)
         assert ((lcz >= 1) & (lcz <= 17)).mean() > 0.5 and set(np.unique(lcz)) <= set(range(18))

@@ -554,3 +554,23 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path):
     dead.wait()
     gone = _write(tmp_path / f".lcz.tif.{dead.pid}.tmp", "theirs")
     assert stale_temporaries(target) == [gone] and live.exists()
+
+
+def test_a_file_size_limit_while_writing_is_one_line_and_leaves_no_output(world, tmp_path):
+    """EFBIG (a file-size limit; a full disk takes the same path): `lczmap stage` names the file it was writing."""
+    import resource
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing write()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    safe = str(next(world.city.glob("*.SAFE")))
+    config = _city_yaml(world.city, tmp_path / "c" / "city.yaml", sentinel2=safe, osm=None, landcover=None, vhr=None, dtm=None)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([str(Path(PYTHON).parent / "lczmap"), "-q", "stage", "--config", str(config), "--out", str(out / "s.tif")],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300, cwd=REPO)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "s.tif" in errors[0]
+    assert list(out.iterdir()) == []

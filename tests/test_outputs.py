@@ -111,7 +111,7 @@ def _libgdal():
 
 
 def w2w_class_band(path: Path) -> np.ndarray:
-    """w2w's rule for an LCZ GeoTIFF: the band described `lczFilter`, or the only band."""
+    """The band-selection rule for LCZ clients: the band described `lczFilter`, or the only band."""
     with rasterio.open(path) as src:
         if "lczFilter" in src.descriptions:
             return src.read(src.descriptions.index("lczFilter") + 1)
@@ -127,6 +127,12 @@ def test_w2w_picks_the_same_filtered_band_from_both_layouts(written):
     assert np.array_equal(w2w_class_band(out), w2w_class_band(three))
     with rasterio.open(out) as a, rasterio.open(three) as b:
         assert np.array_equal(a.read(1), b.read(2))  # band 1 of the map is the filtered band
+    # w2w 0.6.0 itself (_get_lcz_band): rioxarray's long_name containing 'lczFilter' means 0-based band 1.
+    import rioxarray
+
+    lcz = rioxarray.open_rasterio(three)
+    assert "lczFilter" in lcz.attrs["long_name"]
+    assert np.array_equal(lcz[1].values, w2w_class_band(out))
 
 
 def test_every_raster_has_nodata_zero_and_percent_bands_say_so(written):

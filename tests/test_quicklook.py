@@ -93,7 +93,7 @@ def test_a_geographic_map_gets_the_same_scale_bar(truth, tmp_path):
                                                ("q.tmp", None, b"\x89PNG"), ("q.png", "svg", b"<?xml")])
 def test_format_by_suffix_or_option(truth, tmp_path, name, fmt, magic):
     lcz, transform, crs = truth
-    out = quicklook(lcz[:10, :10], (transform, crs), tmp_path / name, fmt=fmt)
+    out = quicklook(lcz[:10, :10], (transform, crs), tmp_path / name, fmt=fmt, dpi=100)
     assert out.read_bytes().startswith(magic)
 
 
@@ -114,4 +114,30 @@ def test_a_large_map_is_drawn_decimated(truth):
     assert big.shape[1] == 7000 and image.shape[1] == 2334
     caption = next(a for a in fig.axes[0].get_children() if a.get_gid() == "caption").get_text().replace("\n", " ")
     assert "drawn at 1/3 resolution" in caption
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("shape", [(20, 200), (200, 20), (30, 30)], ids=["wide", "tall", "square"])
+def test_nothing_overlaps_whatever_the_map_shape(shape):
+    """Frame, legend, caption, scale bar, north arrow and the lon/lat labels keep clear of each other."""
+    import matplotlib.pyplot as plt
+    from rasterio.transform import from_origin
+
+    lcz = (np.arange(shape[0] * shape[1]).reshape(shape) // 7 % 17 + 1).astype(np.uint8)
+    fig = quicklook_figure(lcz, (from_origin(500_000, 4_000_000, 100, 100), "EPSG:32633"), dates=["2024-06-01"], model="m")
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    boxes = {"frame": ax.get_window_extent(renderer), "legend": ax.get_legend().get_window_extent(renderer)}
+    for gid in ("caption", "scale_bar", "north_arrow"):
+        for i, artist in enumerate(a for a in ax.get_children() if a.get_gid() == gid):
+            boxes[f"{gid}{i}"] = artist.get_window_extent(renderer)
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a.rstrip("0123456789") != b.rstrip("0123456789"):
+                assert not boxes[a].overlaps(boxes[b]), (a, b)
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        extents = [t.get_window_extent(renderer) for t in labels if t.get_text()]
+        assert extents
+        assert not any(p.overlaps(q) for k, p in enumerate(extents) for q in extents[k + 1:])
     plt.close(fig)

@@ -149,11 +149,28 @@ def test_tiles_output_writes_a_vrt_per_zone_over_the_same_tiles(one_and_four):
         np.testing.assert_array_equal(v.read(window=window, boundless=True, fill_value=0), m.read())
 
 
+def test_on_a_cluster_tiles_and_mosaic_are_written_by_the_workers(one_and_four):
+    """The same plan on a one-worker LocalCluster: finished tiles are skipped there and the worker writes the mosaic."""
+    from distributed import Client, LocalCluster
+
+    out, plan, _ = one_and_four
+    with rasterio.open(out / "four.tif") as ds:
+        before = ds.read()
+    (out / "four.tif").unlink()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        summary = map_region(plan, client=client, progress=False)
+        worker_pid = next(iter(client.run(os.getpid).values()))
+    assert worker_pid != os.getpid() and summary["tiles"] == 4
+    with rasterio.open(out / "four.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), before)
+
+
 # --- a killed region run resumes ---------------------------------------------------------------------
 
 def test_a_killed_region_run_resumes_without_redoing_finished_tiles(demo_city, tmp_path):
     out = tmp_path / "region.tif"
-    cmd = [str(LCZMAP), "-q", "predict", "--config", str(demo_city / "city.yaml"), "--out", str(out), "--tile-km", "1.5",
+    cmd = [str(LCZMAP), "-q", "predict", "--config", str(demo_city / "city.yaml"), "--out", str(out), "--tile-km", "2.5",
            "--crs", "EPSG:4326"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     work = tmp_path / "region.tiles"
