@@ -11,7 +11,8 @@ Reports, for the demo city of --city-km (generated once into $LCZMAP_CACHE/bench
 - cpus, decode_floor_cells_per_s: one core's time for GDAL alone to decode and resample every source over the
   city once (one warp per band file on the whole base grid) and to rasterise all its buildings once
   (GDALRasterizeLayers on the building index at 1 m), as output cells per second;
-- end_to_end_cells_per_s: `predict_city` without generation (planning, staging, inference, writing);
+- end_to_end_cells_per_s: `predict_city` without generation (planning, staging, inference, writing), called in
+  this process with the model already loaded, as a warm worker runs it;
 and the ratios the issue sets targets on: inference/bare, end-to-end cells/s x patches per cell / bare,
 (staging/cpus)/decode floor. Each figure comes from this one run (the machine may be shared and noisy).
 """
@@ -140,24 +141,17 @@ def decode_floor(plan) -> float:
     return time.perf_counter() - t0
 
 
-CHILD = """
-import json, sys, time
-from lczmap.config import load_city_config
-from lczmap.predict import predict_city
-batch = sys.argv[4] if sys.argv[4] == "auto" else int(sys.argv[4])
-t0 = time.perf_counter()
-s = predict_city(load_city_config(sys.argv[1]), sys.argv[2], model=sys.argv[3], batch_size=batch, progress=False,
-                 precision=sys.argv[5])
-print(json.dumps({"seconds": time.perf_counter() - t0, "stages": s["seconds"]}))
-"""
+def end_to_end(city: Path, model: str, batch: int | str, precision: str) -> dict:
+    """predict_city in this process, as in a warm worker (model loaded, backend started): plan, staging, inference,
+    writing; generation, interpreter start and imports excluded."""
+    from lczmap.config import load_city_config
+    from lczmap.predict import predict_city
 
-
-def end_to_end(city: Path, model: str, batch: str, precision: str) -> dict:
-    """predict_city in a fresh process (its start-up and model load count, as for a user)."""
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(city), str(Path(tmp) / "lcz.tif"), model, batch, precision],
-                              check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        t0 = time.perf_counter()
+        summary = predict_city(load_city_config(city), Path(tmp) / "lcz.tif", model=model, batch_size=batch,
+                               progress=False, precision=precision)
+        return {"seconds": time.perf_counter() - t0, "stages": summary["seconds"]}
 
 
 def main() -> None:
@@ -188,7 +182,7 @@ def main() -> None:
     bare_rate = (a1 + a2) / 2  # before and after, so that drifting load affects both alike
     del prepared
     floor_s = decode_floor(plan)
-    e2e = end_to_end(city, model, args.batch_size, args.precision)
+    e2e = end_to_end(city, model, batch, args.precision)
     cpus = os.cpu_count() or 1
     results = {
         "device": device_description(), "city_km": args.city_km, "cells": cells, "patches": patches,

@@ -176,8 +176,8 @@ def _checked_card(doc: dict[str, Any], path: Path) -> dict[str, Any]:
         isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in shape
     ):
         raise bad("input_shape", f"expected {len(NETWORKS[network].default_shape)} positive integers for {network}")
-    if not all(isinstance(b, str) and b for b in bands) or len(set(bands)) != len(bands):
-        raise bad("bands", "must be distinct band names")
+    if not all(isinstance(b, str) and b for b in bands):
+        raise bad("bands", "must be band names (strings)")
     if bands and len(shape) == 3 and shape[-1] != len(bands):
         raise bad("bands", f"names {len(bands)} bands but input_shape has {shape[-1]} channels")
     if not all(number(v) for v in mean):

@@ -315,7 +315,8 @@ def _attribute_table(band: Band) -> str:
     out = ['    <GDALRasterAttributeTable tableType="thematic">']
     out += [f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
             for i, (n, t, u) in enumerate(fields)]
-    for row, (value, name) in enumerate(sorted((band.categories or {}).items())):
+    named = sorted((v, n) for v, n in (band.categories or {}).items() if n)  # no row for no data
+    for row, (value, name) in enumerate(named):
         r, g, b = (band.palette or {}).get(value, (0, 0, 0))
         out.append(f'      <Row index="{row}"><F>{value}</F><F>{escape(name)}</F><F>{r}</F><F>{g}</F><F>{b}</F><F>255</F></Row>')
     out.append("    </GDALRasterAttributeTable>")

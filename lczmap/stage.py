@@ -26,7 +26,7 @@ from rasterio.features import rasterize
 
 from .atomic import recover_aside, replace_path, write_json_atomic
 from .config import CityConfig
-from .errors import LczmapError, describe
+from .errors import LczmapError, OutputError, describe
 from .grid import CityGrid
 from .locking import output_lock
 from .sources import Source, open_dsm, open_landcover, open_osm, open_products, open_vhr
@@ -286,9 +286,20 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     fmt = stack_format(out)
     if not out.parent.exists():
         raise LczmapError(f"--out {out}: folder {out.parent} does not exist")
+    _refuse_input_as_output(staged.plan, out)
     with output_lock(out):
         recover_aside(out)
         return _write_stack_locked(staged, out, fmt, progress, workers, threads, scheduler)
+
+
+def _refuse_input_as_output(plan: StagePlan, out: Path) -> None:
+    """Refuse an --out that is, links to, lies inside or contains a file the stack is read from."""
+    inputs = {Path(f).resolve(): s.key for s in plan.sources for f in s.files() if "://" not in f}
+    for written in (out, out.with_name(out.name + ".report.json")):
+        real = written.resolve()
+        for source, key in inputs.items():
+            if real == source or source in real.parents or real in source.parents:
+                raise OutputError(f"--out {out}: would overwrite the city's {key} input {source}; write the stack elsewhere")
 
 
 def _write_stack_locked(staged: StagedStack, out: Path, fmt: str, progress: bool, workers: int | None, threads: int | None,

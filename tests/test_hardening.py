@@ -193,6 +193,8 @@ def world(demo_city, tmp_path_factory) -> World:
                         ("resolution_15", {"resolution": 15})]:
         _write(bad / "pipes" / f"{name}.yaml", yaml.safe_dump({"output_dir": "OUT", "cities": [{"name": "a", "config": good_city}], **extra}))
     _write(bad / "pipes" / "binary.yaml", os.urandom(2048))
+    _write(bad / "pipes" / "locked.yaml", yaml.safe_dump({"output_dir": "LOCKED", "cities": [{"name": "a", "config": good_city}]}))
+    (bad / "pipes" / "LOCKED").mkdir()
     return w
 
 
@@ -277,13 +279,21 @@ CASES: dict[str, tuple[str, str]] = {
     "predict-out-links-to-input": ("predict --config {city}/city.yaml --out {out}/link.tif", "dsm"),
     "predict-out-inside-safe": ("predict --config {city}/city.yaml --out {city}/{safe}/lcz.tif", "sentinel2"),
     "predict-out-truth": ("predict --config {city}/city.yaml --out {city}/truth_lcz.tif", "truth"),
+    "stage-out-is-input": ("stage --config {city}/city.yaml --out {city}/dsm.tif", "dsm"),
+    "stage-out-links-to-input": ("stage --config {city}/city.yaml --out {out}/link.tif", "dsm"),
     "predict-yaml-osm-online-str": ("predict --config {bad}/yaml_osm_online_str/city.yaml --out {out}/lcz.tif", "'osm_online'"),
     "batch-filter-str": ("batch {bad}/pipes/filter_str.yaml", "'filter'"),
+    "train-network-unknown": ("train --data {bad}/group.h5 --network os.system --out {out}/model", "--network os.system"),
+    "evaluate-band-out-of-range": ("evaluate --map {city}/truth_lcz.tif --reference {city}/reference.geojson --band 9 --out {out}/e.json", "--band 9"),
+    "evaluate-split-unknown": ("evaluate --model msmla18-demo --data {bad}/ges2_evil --split everything --out {out}/e.json", "everything"),
+    "demo-size-too-big": ("demo-data {out}/demo --size-km 100", "--size-km"),
     # 4. concurrent runs
     "stage-output-locked": ("stage --config {city}/city.yaml --out {out}/s.zarr", "being written by process 4242"),
     "predict-output-locked": ("predict --config {city}/city.yaml --out {out}/lcz.tif", "being written by process 4242"),
+    "batch-output-locked": ("batch {bad}/pipes/locked.yaml", "being written by process 4242"),
 }
-LOCKED = {"stage-output-locked": "s.zarr", "predict-output-locked": "lcz.tif"}
+LOCKED = {"stage-output-locked": "{out}/s.zarr", "predict-output-locked": "{out}/lcz.tif",
+          "batch-output-locked": "{bad}/pipes/LOCKED/manifest.json"}
 
 
 def _hold_lock(path: Path, pid: str = "4242") -> int:
@@ -301,10 +311,11 @@ def test_bad_input_matrix(case, world, tmp_path):
     line, needle = CASES[case]
     out = tmp_path / "out"
     out.mkdir()
-    if case == "predict-out-links-to-input":
+    if case in ("predict-out-links-to-input", "stage-out-links-to-input"):
         (out / "link.tif").symlink_to(world.city / "dsm.tif")
     before_out = sorted(p.name for p in out.iterdir())
-    lock_fd = _hold_lock(out / LOCKED[case]) if case in LOCKED else None
+    locked = Path(LOCKED[case].format(out=out, bad=world.bad)) if case in LOCKED else None
+    lock_fd = _hold_lock(locked) if locked else None
     safe = next(world.city.glob("*.SAFE")).name
     args = shlex.split(line.format(city=world.city, bad=world.bad, out=out, safe=safe))
     before_in = _snapshot(world.city, world.bad)
@@ -313,7 +324,7 @@ def test_bad_input_matrix(case, world, tmp_path):
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
-            (out / f".{LOCKED[case]}.lock").unlink()
+            locked.with_name(f".{locked.name}.lock").unlink()
     text = result.output
     errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
     assert result.exit_code == 1, text
@@ -322,7 +333,7 @@ def test_bad_input_matrix(case, world, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == before_out  # nothing new at any output path
     assert _snapshot(world.city, world.bad) == before_in  # inputs unchanged
     assert not world.pwned.exists()
-    assert not (world.bad / "pipes" / "OUT").exists()
+    assert not (world.bad / "pipes" / "OUT").exists() and list((world.bad / "pipes" / "LOCKED").iterdir()) == []
 
 
 def test_verbose_shows_the_traceback(world, tmp_path):

@@ -71,6 +71,10 @@ def test_main_map_is_one_band_with_colours_and_class_names(written):
         assert "/" not in src.tags()["inputs"] and json.loads(src.tags()["inputs"])["aoi"] == "aoi.geojson"
     names = category_names(out)
     assert names[:18] == ["", *(f"LCZ {c.lcz} {c.name}" for c in lcz_classes())]
+    # The raster attribute table QGIS and GDAL show: value, name, colour of each class.
+    rat = ET.parse(output_paths(out)["map_aux"]).getroot().find("PAMRasterBand/GDALRasterAttributeTable")
+    rows = [[f.text for f in row.iter("F")] for row in rat.iter("Row")]
+    assert rows == [[str(c.code), f"LCZ {c.lcz} {c.name}", *map(str, c.rgb), "255"] for c in lcz_classes()]
 
 
 def category_names(path: Path) -> list[str]:

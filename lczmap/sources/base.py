@@ -253,7 +253,7 @@ def _loaded_gdal() -> str | None:
     return str(bundled[0]) if bundled else ctypes.util.find_library("gdal")
 
 
-_MAX_OPEN = 64
+_MAX_OPEN = 256  # several Sentinel-2 products (11 files each) must not evict each other's handles every chunk
 
 
 class _Handle:

@@ -45,9 +45,11 @@ SCL_MASKED = (0, 1, 3, 8, 9, 10)
 SCL_CLOUD = (3, 8, 9, 10)
 SCL_SNOW = 11
 COMPOSITES = ("median", "best")
-# Bytes of observations (products x 11 layers x strip) one block may hold at once: a block is composited in
-# row strips of this size, so its memory does not grow with the number of products.
-STRIP_BUDGET_BYTES = 64 << 20
+# Bytes of observations one block may hold at once: a block is composited in row strips of this size, so its
+# memory does not grow with the number of products. Per pixel and observation: the ten bands, their sorted copy
+# (median) and the index and validity of the product that supplied it.
+STRIP_BUDGET_BYTES = 48 << 20
+_BYTES_PER_OBSERVATION = 2 * len(S2_BANDS) * 4 + 3
 PREVIEW_FACTOR = 6  # the plan-time cloud ranking reads each SCL on a 60 m version of the base grid
 DEFAULT_QUANTIFICATION = 10000.0
 BASELINE_04_OFFSET = -1000.0
@@ -118,15 +120,21 @@ class Sentinel2Source(Source):
     def read(self, geobox: GeoBox, extras: dict[str, np.ndarray] | None = None,
              masked: tuple[int, ...] = SCL_MASKED) -> np.ndarray:
         out = np.empty((len(S2_BANDS), *geobox.shape), dtype="float32")
+        invalid = None
+        if self.scl is not None:
+            scl = warp(self.scl.href, [self.scl.index], geobox, Resampling.nearest, "uint8", src_nodata=0, dst_nodata=0)[0]
+            invalid = np.isin(scl, masked)
+            if extras is not None:
+                extras["scl"] = scl
+            if invalid.all():  # all cloud or outside the swath here: the band files need not be decoded
+                out.fill(np.nan)
+                return out
         for href, nodata, items in self._groups:  # one warp per file (a multi-band file is read once)
             dn = warp(href, [r.index for _, r in items], geobox, Resampling.bilinear, "float32", src_nodata=nodata)
             for k, (pos, ref) in enumerate(items):
                 out[pos] = dn[k] * np.float32(ref.scale) + np.float32(ref.offset)
-        if self.scl is not None:
-            scl = warp(self.scl.href, [self.scl.index], geobox, Resampling.nearest, "uint8", src_nodata=0, dst_nodata=0)[0]
-            out[:, np.isin(scl, masked)] = np.nan
-            if extras is not None:
-                extras["scl"] = scl
+        if invalid is not None:
+            out[:, invalid] = np.nan
         return out
 
     def files(self) -> list[str]:
@@ -639,6 +647,19 @@ def _preview(products: list[Sentinel2Source], grid: Any, masked: tuple[int, ...]
     return out
 
 
+def _median(obs: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per-pixel median over axis 0 of (n, bands, h, w) observations, NaN = none; `count` valid ones per pixel.
+
+    np.sort puts NaN last, so the valid values of a pixel are its first `count`; this is np.nanmedian's result
+    at a fraction of its time for few observations (nanmedian falls back to a per-pixel loop there).
+    """
+    ranked = np.sort(obs, axis=0)
+    c = count.astype(np.intp)[None, None]
+    lo = np.take_along_axis(ranked, np.maximum((c - 1) // 2, 0), axis=0)[0]  # the middle one, or the lower of two
+    hi = np.take_along_axis(ranked, c // 2, axis=0)[0]
+    return np.where(count[None] > 0, (lo + hi) / 2, np.float32(np.nan)).astype(np.float32)
+
+
 class Sentinel2Composite(Source):
     """The ten reflectance bands composited per pixel from one or more products' valid (SCL-clear) observations."""
 
@@ -703,7 +724,7 @@ class Sentinel2Composite(Source):
         active = [k for k, p in enumerate(self.products) if p.touches(geobox)]
         groups = sorted({self.group[k] for k in active})
         slot = {g: i for i, g in enumerate(groups)}
-        step = max(1, min(h, STRIP_BUDGET_BYTES // (max(len(groups), 1) * (len(S2_BANDS) + 1) * 4 * w)))
+        step = max(1, min(h, STRIP_BUDGET_BYTES // (max(len(groups), 1) * _BYTES_PER_OBSERVATION * w)))
         for r0 in range(0, h if active else 0, step):
             rows = slice(r0, min(h, r0 + step))
             box_ = geobox[rows, :]
@@ -731,9 +752,7 @@ class Sentinel2Composite(Source):
                 out[:, rows] = obs[0]
                 chosen = who[0]
             elif self.method == "median":
-                seen = valid.any(axis=0)  # pixels never clear stay NaN (and nanmedian is not asked about them)
-                strip = out[:, rows]
-                strip[:, seen] = np.nanmedian(obs[:, :, seen], axis=0)
+                out[:, rows] = _median(obs, count[rows])
                 chosen = None
             else:  # best: the valid observation of the best-ranked product (products are sorted best first)
                 rank = np.where(valid, who, np.iinfo("int16").max)
