@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_json_atomic
-from .errors import LczmapError, reading
+from .errors import ConfigError, LczmapError, UnsafeInputError, reading
 
 CARD_FILE = "card.json"
 DEFAULT_MODEL = "msmla18-demo"
@@ -146,8 +146,8 @@ def _checked_card(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     """card.json's values, each checked for type and sense, as ModelCard fields (unknown keys are ignored)."""
     from .nets import NETWORKS, option_defaults
 
-    def bad(key: str, what: str) -> LczmapError:
-        return LczmapError(f"{path}: {key} {doc.get(key)!r}: {what}")
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{path}: {key} {doc.get(key)!r}: {what}")
 
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -189,7 +189,7 @@ def _checked_card(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     weights_file = doc.get("weights_file", ModelCard.weights_file)
     if (not weights_file.endswith(_WEIGHTS_SUFFIX) or Path(weights_file).name != weights_file
             or "\\" in weights_file or "\0" in weights_file or weights_file.startswith(".")):
-        raise bad("weights_file", f"must be a plain file name ending in {_WEIGHTS_SUFFIX} inside the model folder")
+        raise UnsafeInputError(f"{path}: weights_file {weights_file!r}: must be a plain file name ending in {_WEIGHTS_SUFFIX} inside the model folder")
     checksum = doc.get("weights_sha256", "")
     if checksum and not re.fullmatch(r"[0-9a-f]{64}", checksum):
         raise bad("weights_sha256", "must be 64 lower-case hex digits (the weights file's sha256)")
@@ -231,15 +231,15 @@ def verify_weights(card: ModelCard) -> None:
     path = card.weights_path
     folder = Path(card.folder).resolve() if card.folder is not None else path.parent
     if Path(card.weights_file).name != card.weights_file or not card.weights_file.endswith(_WEIGHTS_SUFFIX):
-        raise LczmapError(f"{card.folder}: weights_file {card.weights_file!r}: must be a plain file name ending in {_WEIGHTS_SUFFIX}")
+        raise UnsafeInputError(f"{card.folder}: weights_file {card.weights_file!r}: must be a plain file name ending in {_WEIGHTS_SUFFIX}")
     if not path.exists() and not path.is_symlink():
         raise LczmapError(f"{path}: model weights file is missing")
     real = path.resolve()
     if real.parent != folder:
-        raise LczmapError(f"{path}: model weights file leads out of the model folder (to {real})")
+        raise UnsafeInputError(f"{path}: model weights file leads out of the model folder (to {real})")
     try:
         if not stat.S_ISREG(real.stat().st_mode):
-            raise LczmapError(f"{path}: model weights must be a regular file")
+            raise UnsafeInputError(f"{path}: model weights must be a regular file")
     except OSError as exc:
         raise LczmapError(f"{path}: cannot read model weights ({exc.strerror or exc})") from None
     if not card.weights_sha256:

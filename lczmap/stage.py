@@ -237,6 +237,8 @@ def sentinel2_summary(plan: StagePlan) -> dict[str, Any]:
     """For a map's summary: how the Sentinel-2 products were composited and, per product (best first), its date,
     tile, cloud share over the AOI and the share of AOI pixels it supplies (estimated on the 60 m planning grid;
     the staging report counts them exactly)."""
+    if isinstance(plan, StackStore):  # mapped from a stack: as recorded when it was staged
+        return plan.provenance.get("sentinel2", {})
     s2 = next(s for s in plan.sources if s.key == "sentinel2")
     keep = ("date", "tile", "processing_baseline", "cloud_share", "contributed_estimate")
     return {"composite": s2.method, "masked_scl": list(s2.masked),
@@ -505,7 +507,7 @@ def stack_metadata(plan: StagePlan) -> dict[str, str]:
     if plan.output is not None:
         grid.update(output_shape=list(plan.output.shape), output_transform=list(plan.output.affine)[:6])
     provenance = {"city": plan.name, "fingerprint": plan.fingerprint, "missing": list(plan.missing),
-                  "sources": {s.key: s.describe() for s in plan.sources}}
+                  "sources": {s.key: s.describe() for s in plan.sources}, "sentinel2": sentinel2_summary(plan)}
     return {"lczmap_grid": json.dumps(grid), "lczmap_aoi": plan.aoi.wkt, "lczmap_band_names": json.dumps(list(plan.bands)),
             "lczmap_provenance": json.dumps(provenance, default=_json_default)}
 

@@ -170,7 +170,7 @@ def test_tiled_jp2_window_read_decodes_only_touched_tiles(tmp_path, caplog):
         """OpenJPEG's tile numbers decoded to read a size x size window at pixel (row, col)."""
         window = GeoBox((size, size), Affine(10, 0, 300000 + 10 * col, 0, -10, 4000000 - 10 * row), "EPSG:32652")
         caplog.clear()
-        with caplog.at_level(logging.DEBUG), rasterio.Env(CPL_DEBUG=True):
+        with caplog.at_level(logging.DEBUG, logger="rasterio"), rasterio.Env(CPL_DEBUG=True):
             got = base.warp(str(path), [1], window, Resampling.nearest)[0]
         assert (got == data[row:row + size, col:col + size]).all()
         return {int(m) for m in re.findall(r"Tile (\d+)/4 has been decoded", caplog.text)}

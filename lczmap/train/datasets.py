@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ..classes import N_CLASSES
-from ..errors import LczmapError, reading
+from ..errors import LczmapError, UnsafeInputError, reading
 
 # Sentinel-2 band order of So2Sat LCZ42 (and of the first 10 MSMLA bands and of the staged stack).
 S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -235,7 +235,7 @@ class _SplitUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a data file has no reason to name")
+            raise UnsafeInputError(f"refers to {module}.{name}, which a data file has no reason to name; refused")
         return super().find_class(module, name)
 
 
@@ -246,6 +246,8 @@ def load_split_file(path: Path) -> dict:
             parts = _SplitUnpickler(f, encoding="latin1").load()  # latin1: Python 2 era numpy pickles
     except OSError as exc:
         raise LczmapError(f"{path}: cannot read LCZC-GES2 split file ({exc.strerror or exc})") from None
+    except UnsafeInputError as exc:
+        raise UnsafeInputError(f"{path}: not a LCZC-GES2 split file: it {exc}") from None
     except Exception as exc:  # a hostile or damaged pickle can raise anything while being decoded
         raise LczmapError(f"{path}: not a LCZC-GES2 split file (a pickled dict of sample ids): {exc}") from None
     if not isinstance(parts, dict):
