@@ -11,13 +11,12 @@ on workers by a worker plugin.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import LczmapError
 
@@ -59,16 +58,31 @@ def configure_process(env: Mapping[str, str] | None = None) -> None:
     limit_heap_retention()
 
 
-class ProcessSettings(WorkerPlugin):
-    """A Dask worker plugin: `configure_process` in every worker, including ones that join later or restart."""
+@functools.cache
+def _process_settings_class() -> type:
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    name = "lczmap-process-settings"
+    class ProcessSettings(WorkerPlugin):
+        """A Dask worker plugin: `configure_process` in every worker, including ones that join later or restart."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
-        self.env = dict(env or {})
+        name = "lczmap-process-settings"
 
-    def setup(self, worker: Any) -> None:
-        configure_process(self.env)
+        def __init__(self, env: Mapping[str, str] | None = None):
+            self.env = dict(env or {})
+
+        def setup(self, worker: Any) -> None:
+            configure_process(self.env)
+
+    ProcessSettings.__module__, ProcessSettings.__qualname__ = __name__, "ProcessSettings"  # picklable by name
+    return ProcessSettings
+
+
+def __getattr__(name: str) -> Any:
+    # The plugin class needs distributed (seconds to import), which commands that only apply the process
+    # settings should not pay for: it is made on first use, as lczmap.cluster.ProcessSettings.
+    if name == "ProcessSettings":
+        return _process_settings_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def in_worker() -> bool:
@@ -113,15 +127,17 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, gpus: 
         except OSError as exc:
             raise LczmapError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
         with client:
-            client.register_plugin(ProcessSettings())
+            client.register_plugin(_process_settings_class()())
             yield client
         return
     cores = os.cpu_count() or 1
     n = len(gpus) if gpus else workers or cores
     nthreads = threads or 1
     # One model call at a time per process (lczmap.inference), so the parallelism is in processes; each
-    # worker's TensorFlow gets its share of the cores, and the process settings are in place at start-up.
-    env = {**PROCESS_ENV, "TF_NUM_INTRAOP_THREADS": str(max(1, cores // n)), "TF_NUM_INTEROP_THREADS": "1"}
+    # worker's TensorFlow gets its share of the cores (unless this environment sets its own), and the
+    # process settings are in place at start-up.
+    env = {**PROCESS_ENV, "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS", str(max(1, cores // n))),
+           "TF_NUM_INTEROP_THREADS": "1"}
     if gpus:
         specs = {f"gpu{g}": {"cls": Nanny, "options": {"nthreads": nthreads, "env": {**env, "CUDA_VISIBLE_DEVICES": str(g)}}}
                  for g in gpus}
@@ -129,7 +145,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, gpus: 
     else:
         cluster = LocalCluster(n_workers=n, threads_per_worker=nthreads, processes=True, env=env)
     with cluster, Client(cluster) as client:
-        client.register_plugin(ProcessSettings())
+        client.register_plugin(_process_settings_class()())
         log.info("Dask local cluster of %d worker processes x %d threads (dashboard %s)", n, nthreads, client.dashboard_link)
         yield client
 

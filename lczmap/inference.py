@@ -36,6 +36,9 @@ MAX_AUTO_BATCH = 4096
 LARGE_NETWORK_BATCH = 1024
 BATCH_MEMORY_FACTOR = 64
 CPU_BATCH = 256
+# The host path pads a block's last batch only to a multiple of this (few shapes, little wasted work on a CPU);
+# the accelerator path pads every batch to the full batch size (one shape: the network compiles once per run).
+PAD_MULTIPLE = 32
 
 _models: dict[tuple[str, str, bool, str], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
@@ -164,9 +167,10 @@ def prepare_block(plan: PredictPlan, rows: slice, cols: slice) -> PreparedBlock:
 def infer_block(plan: PredictPlan, prepared: PreparedBlock, on_device: bool | None = None) -> np.ndarray:
     """(17, h, w) float32 probabilities of a prepared block; NaN where a cell is not mapped.
 
-    Every model call gets exactly plan.batch_size patches (the last batch padded with repeats), so a compiling
-    backend compiles the network once per run. `on_device`: cut patches on the accelerator from the block
-    sent there once (default: when there is an accelerator), else on the host as strided views.
+    `on_device`: cut patches on the accelerator from the block sent there once (default: when there is an
+    accelerator), every call exactly plan.batch_size patches (the last batch padded with repeats), so the
+    network compiles once per run; else on the host as strided views, the last batch padded to a multiple
+    of PAD_MULTIPLE.
     """
     rows, cols, patches = prepared.rows, prepared.cols, prepared.patches
     out = np.full((N_CLASSES, rows.stop - rows.start, cols.stop - cols.start), np.nan, np.float32)
@@ -181,7 +185,8 @@ def infer_block(plan: PredictPlan, prepared: PreparedBlock, on_device: bool | No
     cutter = DeviceCutter(patches.image, p, step) if on_device else None
     for start in range(0, len(cells), batch):
         part = cells[start:start + batch]
-        padded = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])  # the last cell as filler
+        size = batch if on_device else min(batch, -(-len(part) // PAD_MULTIPLE) * PAD_MULTIPLE)
+        padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])  # the last cell as filler
         inputs: Any = cutter.cut(padded) if cutter is not None else patches.take(padded)
         if plan.use_vhr:
             inputs = {"s2": inputs, **plan.graphs(padded, rows, cols).inputs()}

@@ -113,35 +113,39 @@ def class_stack(probabilities: Any, aoi: Any, resolution: float, filter: bool = 
 
     `aoi` is a lazy (H, W) bool array chunked like the probabilities. Without `filter`, `lczFilter` is
     the raw class band (no filling). Classification runs per block; the filter per block with a halo of
-    the filter's reach (zero beyond the map, as the whole-map filter pads).
+    the filter's reach (zero beyond the map, as the whole-map filter pads). Two block layers and the halo
+    exchange: the graph stays small per block (it lives on the client).
     """
     import dask.array as da
+    from dask.array.overlap import ensure_minimum_chunksize
 
     raw = da.map_blocks(_classify_block, probabilities, aoi[None], dtype=np.uint8,
-                        chunks=((2,), *probabilities.chunks[1:]))  # lcz, chosen
-    pair = da.concatenate([raw[:1], aoi[None].astype(np.uint8)]).rechunk({0: 2})  # lcz, aoi
-    if filter:
-        depth = filter_reach(resolution)
-        filtered = da.map_overlap(_filter_block, pair, depth={0: 0, 1: depth, 2: depth}, boundary={1: 0, 2: 0},
-                                  trim=True, dtype=np.uint8, resolution=resolution)
-    else:
-        filtered = da.map_blocks(_status_block, pair, dtype=np.uint8)
-    return da.concatenate([raw[:1], filtered[:1], raw[1:], filtered[1:]]).rechunk({0: N_CLASS_BANDS})
+                        chunks=((3,), *probabilities.chunks[1:]))  # lcz, chosen, aoi
+    if not filter:
+        return da.map_blocks(_status_block, raw, dtype=np.uint8, chunks=((N_CLASS_BANDS,), *raw.chunks[1:]))
+    depth = filter_reach(resolution)
+    # map_overlap needs blocks at least as wide as the halo; merge narrow edge blocks first (usually a no-op).
+    raw = raw.rechunk({axis: ensure_minimum_chunksize(depth, raw.chunks[axis]) for axis in (1, 2)})
+    return da.map_overlap(_filter_block, raw, depth={0: 0, 1: depth, 2: depth}, boundary={1: 0, 2: 0}, trim=False,
+                          dtype=np.uint8, chunks=((N_CLASS_BANDS,), *raw.chunks[1:]), resolution=resolution, halo=depth)
 
 
 def _classify_block(probabilities: np.ndarray, aoi: np.ndarray) -> np.ndarray:
-    return np.stack(classify(probabilities, aoi[0]))
+    return np.stack([*classify(probabilities, aoi[0]), aoi[0].astype(np.uint8)])
 
 
-def _filter_block(pair: np.ndarray, resolution: float) -> np.ndarray:
-    lcz, aoi = pair[0], pair[1].astype(bool)
+def _filter_block(raw: np.ndarray, resolution: float, halo: int) -> np.ndarray:
+    """(3, h + 2 halo, w + 2 halo) lcz, chosen, aoi -> (4, h, w) lcz, lczFilter, lczProbability, status."""
+    lcz, aoi = raw[LCZ], raw[2].astype(bool)
     filtered = lcz_filter(lcz, resolution, fill=aoi)
-    return np.stack([filtered, cell_status(lcz, filtered, aoi)])
+    inner = (slice(halo, raw.shape[1] - halo), slice(halo, raw.shape[2] - halo))
+    status = cell_status(lcz[inner], filtered[inner], aoi[inner])
+    return np.stack([lcz[inner], filtered[inner], raw[1][inner], status])
 
 
-def _status_block(pair: np.ndarray) -> np.ndarray:
-    lcz, aoi = pair[0], pair[1].astype(bool)
-    return np.stack([lcz, cell_status(lcz, lcz, aoi)])
+def _status_block(raw: np.ndarray) -> np.ndarray:
+    lcz, aoi = raw[LCZ], raw[2].astype(bool)
+    return np.stack([lcz, lcz, raw[1], cell_status(lcz, lcz, aoi)])
 
 
 def cell_status(lcz: np.ndarray, delivered: np.ndarray, aoi: np.ndarray) -> np.ndarray:

@@ -308,6 +308,15 @@ def test_bad_products_are_skipped_with_a_warning_naming_them(config, grid, tmp_p
     assert result.exit_code == 1 and "far2.tif" in result.output  # a missing file is an error, not a skip
     with pytest.raises(LczmapError, match="--composite mean"):
         plan_stage(config, grid, composite="mean")
+    # an AOI that no product touches
+    ring = [[10.0, 5.0], [10.02, 5.0], [10.02, 5.02], [10.0, 5.02], [10.0, 5.0]]
+    far_aoi = tmp_path / "far.geojson"
+    far_aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    result = CliRunner().invoke(cli, ["-q", "stage", "--config", str(first.parent / "city.yaml"), "--aoi", str(far_aoi),
+                                      "--out", str(out)])
+    assert result.exit_code == 1 and "none of the 3 Sentinel-2 products overlaps the AOI" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_product_in_a_neighbouring_utm_zone_is_reprojected(config, grid, tmp_path):

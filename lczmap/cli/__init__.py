@@ -57,6 +57,9 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet > 0
     ctx.obj["verbosity"] = verbose - quiet
+    from ..cluster import configure_process
+
+    configure_process()  # GDAL and heap settings, once for every command (workers get them by a plugin)
 
 
 def main() -> None:

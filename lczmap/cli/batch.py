@@ -28,9 +28,8 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, threads: i
     and the others are redone. Exits 1 when any city failed; the others are still mapped.
     """
     from ..batch import load_pipeline, run_batch
-    from ..cluster import check_cluster_options, configure_process
+    from ..cluster import check_cluster_options
 
-    configure_process()  # GDAL and heap settings (and quiet TensorFlow start-up), as on every worker
     check_cluster_options(workers, threads, scheduler, gpus)
     gpu_ids = [g.strip() for g in gpus.split(",")] if gpus is not None else None
     if gpu_ids is not None and not all(g.isdigit() for g in gpu_ids):

@@ -62,9 +62,6 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
     <stem>.summary.json (area per class, timings), <stem>.png (quicklook with legend and scale bar)
     and <stem>.qml (QGIS draws the map in the WUDAPT colours with it).
     """
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quietens most of TensorFlow's C++ start-up logging
     from ..card import DEFAULT_MODEL
     from ..config import load_city_config
     from ..errors import LczmapError
@@ -72,9 +69,8 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
 
     overrides = city_overrides(kwargs)
     precision, stack = kwargs.pop("precision"), kwargs.pop("stack")
-    from ..cluster import check_cluster_options, configure_process
+    from ..cluster import check_cluster_options
 
-    configure_process()  # GDAL and heap settings (and quiet TensorFlow start-up), as on every worker
     check_cluster_options(workers, threads, scheduler)
     check_output(out)  # refuse an unwritable --out before any work
     if stack is not None:

@@ -32,10 +32,9 @@ def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution:
     from ..aoi import read_aoi
     from ..config import load_city_config
     from ..grid import city_grid
-    from ..cluster import check_cluster_options, configure_process
+    from ..cluster import check_cluster_options
     from ..stage import stack_format, stage_city, write_stack
 
-    configure_process()  # GDAL's bounded block cache and heap settings, before the first read (as on every worker)
     check_cluster_options(workers, threads, scheduler)
     stack_format(out)  # refuse a bad --out before any input is read
     config = load_city_config(config_path, **city_overrides(kwargs))

@@ -615,10 +615,14 @@ def open_products(paths: Any, grid: Any, composite: str = "median", mask_snow: b
             skip(p.path, "no data over the AOI (outside its swath)", logging.INFO)
             products.remove(p)
     if not products:
+        where = hrefs[0] if len(hrefs) == 1 else f"{hrefs[0]} (and {len(hrefs) - 1} more)"
+        if all("AOI" in s["reason"] for s in skipped):
+            b = grid.aoi.to_crs("EPSG:4326").boundingbox
+            raise LczmapError(f"--s2 {where}: none of the {len(entries)} Sentinel-2 products overlaps the AOI "
+                              f"(AOI lon/lat bounds {', '.join(f'{v:.4f}' for v in b)})")
         reasons = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3])
         more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        what = "overlaps the AOI" if all("AOI" in s["reason"] for s in skipped) else "is usable"
-        raise LczmapError(f"--s2 {', '.join(hrefs)}: none of the {len(entries)} Sentinel-2 products {what} ({reasons}{more})")
+        raise LczmapError(f"--s2 {where}: none of the {len(entries)} Sentinel-2 products is usable ({reasons}{more})")
     return Sentinel2Composite(tuple(products), composite, masked, preview, tuple(skipped))
 
 
