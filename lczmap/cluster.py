@@ -4,8 +4,9 @@ Every command means the same by its options: `--workers N` is a local cluster of
 `--threads T` the threads of each (or of the threaded scheduler when there is no cluster), and
 `--scheduler ADDRESS` a running cluster. Without any of them a graph runs on the threaded scheduler of
 this process; a graph started inside a task on a Dask worker (a region's tile, a batch's city) runs on
-that worker's cluster. GDAL and heap settings are applied once per process: here by the command line,
-on workers by a worker plugin.
+that worker's threads, so the cluster spreads tiles and cities and a worker holds one task's blocks per
+thread. GDAL and heap settings are applied once per process: by the command line (every command), and on
+workers by a worker plugin.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Predict output blocks' class probabilities: read a block, cut its patches (on the host or on the accelerator), run the
-cached model in batches of one fixed shape, with reader threads prefetching the next blocks.
+cached model in batches (of one fixed shape on an accelerator), with reader threads preparing the next blocks.
 
 One block = `prepare_block` (read the window, mask, normalise: host work, any thread) then `infer_block` (cut
 and run the model, one model call at a time per process). The dask graph (`predict_block`, one task per
@@ -253,8 +253,8 @@ def prefetch(items: Iterable[T], read: Callable[[T], Any], depth: int = 2, reade
                 future.cancel()
 
 
-def run_blocks(plan: PredictPlan, progress: Callable[[int], None] | None = None, on_device: bool | None = None,
-               depth: int | None = None, readers: int | None = None) -> np.ndarray:
+def run_blocks(plan: PredictPlan, on_device: bool | None = None, depth: int | None = None,
+               readers: int | None = None) -> np.ndarray:
     """(17, H, W) float32 probabilities of the whole output grid in this process, reading ahead while the model runs.
 
     The model is loaded (and the backend started) before the first block is read; reader threads prepare up
@@ -268,6 +268,4 @@ def run_blocks(plan: PredictPlan, progress: Callable[[int], None] | None = None,
     blocks = plan.grid.output_blocks(plan.block)
     for prepared in prefetch(blocks, lambda rc: prepare_block(plan, *rc), depth=depth, readers=readers):
         out[:, prepared.rows, prepared.cols] = infer_block(plan, prepared, on_device)
-        if progress is not None:
-            progress(1)
     return out

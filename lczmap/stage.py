@@ -290,6 +290,9 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     fmt = stack_format(out)
     if not out.parent.exists():
         raise LczmapError(f"--out {out}: folder {out.parent} does not exist")
+    if fmt == "tif" and (workers is not None or scheduler is not None):
+        raise LczmapError("--workers/--scheduler: a GeoTIFF stack is written by one process; "
+                          "write a .zarr store to stage on worker processes, or use --threads")
     _refuse_input_as_output(staged.plan, out)
     with output_lock(out):
         recover_aside(out)
@@ -375,9 +378,6 @@ def _run_chunks(plan, rows, cols, todo, sink, progress: bool, workers: int | Non
         return
     from .cluster import run_graph
 
-    if isinstance(sink, _TiffSink) and (workers is not None or scheduler is not None):
-        raise LczmapError("--workers/--scheduler: a GeoTIFF stack is written by one process; "
-                          "write a .zarr store to stage on worker processes, or use --threads")
     plan_key = f"lczmap-plan-{plan.fingerprint[:16]}"
     graph: dict[Any, Any] = {plan_key: plan}
     keys = []

@@ -263,3 +263,26 @@ def test_the_pipeline_modules_import_on_their_own_in_a_fresh_interpreter():
     for name in ("lczmap.inference", "lczmap.predict", "lczmap.batch", "lczmap.region", "lczmap.cluster", "lczmap.stage"):
         result = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True)
         assert result.returncode == 0, f"{name}: {result.stderr[-1500:]}"
+
+
+# --- stage on the cluster ------------------------------------------------------------------------------
+
+def test_stage_on_worker_processes_writes_the_same_zarr_as_threads(demo_city, tmp_path):
+    """--workers means processes for `stage` too: a Zarr store written by two worker processes equals a threaded one."""
+    from click.testing import CliRunner
+
+    from lczmap.cli import cli
+
+    config = str(demo_city / "city.yaml")
+    for args, name in ((["--threads", "2"], "threads.zarr"), (["--workers", "2"], "workers.zarr")):
+        result = CliRunner().invoke(cli, ["-q", "stage", "--config", config, "--out", str(tmp_path / name), "--chunk", "128",
+                                          *args])
+        assert result.exit_code == 0, result.output
+    import xarray as xr
+
+    a = xr.open_zarr(tmp_path / "threads.zarr")["stack"].values
+    b = xr.open_zarr(tmp_path / "workers.zarr")["stack"].values
+    np.testing.assert_array_equal(a, b)
+    result = CliRunner().invoke(cli, ["stage", "--config", config, "--out", str(tmp_path / "s.tif"), "--workers", "2"])
+    assert result.exit_code == 1 and "a GeoTIFF stack is written by one process" in result.output
+    assert not list(tmp_path.glob("s.tif*"))

@@ -45,7 +45,7 @@ class _BatchSize(click.ParamType):
 @tiles_opt
 @tile_km_opt
 @composite_options
-@click.option("--probabilities", is_flag=True, help="Also write <out stem>_probabilities.tif: the 17 class probabilities in %.")
+@click.option("--probabilities", is_flag=True, help="Also write <out stem>_probabilities.tif: the 17 class probabilities, % + 1 (0 = nodata).")
 @click.option("--no-filter", "no_filter", is_flag=True, help="Skip the LCZ Generator's Gaussian filter (no lczFilter band).")
 @click.option("--nodata-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
               help="Largest share of missing pixels in a cell's patch before the cell is left unmapped.")
@@ -57,10 +57,12 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
                 stac_datetime: str | None, max_cloud: float | None, **kwargs) -> None:
     """Map a city's Local Climate Zones with a trained model.
 
-    Writes OUT, a Cloud-Optimized GeoTIFF with the LCZ Generator's bands lcz (raw), lczFilter (filtered,
-    the one to use) and lczProbability (% for the raw class); codes 1-17, 0 = nodata. Beside it:
-    <stem>.summary.json (area per class, timings), <stem>.png (quicklook with legend and scale bar)
-    and <stem>.qml (QGIS draws the map in the WUDAPT colours with it).
+    Writes OUT, a one-band Cloud-Optimized GeoTIFF lczFilter (the filtered classes, holes filled; lcz with
+    --no-filter) with the WUDAPT colour table and class names (OUT.aux.xml); codes 1-17, 0 = nodata in
+    every file. Beside it: <stem>_lcz3.tif (the LCZ Generator's bands lcz, lczFilter, lczProbability),
+    <stem>_filled.tif (1 mapped, 2 filled by the filter, 3 no class), <stem>.summary.json (area per
+    class, nodata and filled shares, timings), <stem>.png (quicklook) and the QGIS styles <stem>.qml and
+    <stem>_lcz3.qml.
     """
     from ..card import DEFAULT_MODEL
     from ..config import load_city_config
