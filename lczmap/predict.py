@@ -464,6 +464,16 @@ def write_outputs(
     return summary
 
 
+def map_band_name(filtered: bool) -> str:
+    """The description of the one-band map's band.
+
+    Not `lczFilter`: w2w (0.6.0) reads 0-based band 1 of any file whose band names contain that word, which a
+    one-band file lacks; with another name it reads band 1, the filtered classes. The LCZ Generator's names
+    stay in the three-band file.
+    """
+    return "lcz_filtered" if filtered else "lcz"
+
+
 def _block_array(plan: PredictPlan, probabilities: Any) -> Any:
     """The probabilities as a dask array of the plan's blocks (a computed array is cut into them)."""
     import dask.array as da
@@ -523,7 +533,7 @@ def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict
     probability = Band(LCZ_PROBABILITY + 1, "lczProbability", {"units": "percent", "name": "probability of the lcz class"})
     three = [lcz_band(LCZ + 1, "lcz"), *([lcz_band(LCZ_FILTER + 1, "lczFilter")] if filter else []), probability]
     files = {
-        "map": ([lcz_band(shown + 1, "lczFilter" if filter else "lcz")], tags, "MODE"),
+        "map": ([lcz_band(shown + 1, map_band_name(filter))], tags, "MODE"),
         "lcz3": ([replace(b, palette=None, categories=None) for b in three], {**tags, "LCZ_COLOURS": colour_tag()}, "MODE"),
         "filled": ([status_band(STATUS + 1)], tags, "MODE"),
     }
@@ -614,7 +624,7 @@ def _summary(plan: PredictPlan, areas: np.ndarray, band: str, box, paths: dict[s
     return {
         "city": plan.config.name,
         "outputs": {k: paths[k].name for k in wanted},
-        "bands": {"map": [band], "lcz3": ["lcz", *(["lczFilter"] if filtered else []), "lczProbability"],
+        "bands": {"map": [map_band_name(filtered)], "lcz3": ["lcz", *(["lczFilter"] if filtered else []), "lczProbability"],
                   "filled": ["filled"]},
         "area_band": band,
         "area_method": ("cell areas on the WGS 84 ellipsoid, per row of the written grid" if box.crs.geographic

@@ -69,7 +69,7 @@ def test_map_is_a_cog_on_the_city_grid(plan, mapped):
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == plan.grid.crs.epsg
         assert src.transform == plan.grid.output.affine and src.shape == plan.grid.output.shape
-        assert src.descriptions == ("lczFilter",) and src.dtypes == ("uint8",) and src.nodata == 0
+        assert src.descriptions == ("lcz_filtered",) and src.dtypes == ("uint8",) and src.nodata == 0
         shown = src.read(1)
     # The LCZ Generator's three bands, in their own file beside the map.
     with rasterio.open(output_paths(out)["lcz3"]) as src:

@@ -101,7 +101,8 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
             raise LczmapError("--probabilities: a region (mapped in tiles) has no probabilities file; leave it out")
         plan = plan_region(config, out, model=model or DEFAULT_MODEL, resolution=resolution, crs=crs, tile_km=tile_km,
                            tiles_output=tiles_output, filter=not no_filter, batch_size=batch_size,
-                           nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow)
+                           nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow,
+                           precision=precision)
         summary = map_region(plan, workers=workers, threads=threads, scheduler=scheduler, progress=not quiet)
         if not quiet:
             click.echo(f"Wrote {', '.join(summary['outputs'].values())} beside {out}: {summary['tiles']} tiles in "
