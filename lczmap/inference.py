@@ -61,7 +61,7 @@ def cached_model(card: ModelCard, s2_stream: bool = False, precision: str = "flo
 
             from .nets.df4lcz import S2_NAME
 
-            log.debug("loading model %s (%s) in this process", card.name, precision)
+            log.debug("loading model %s (%s) in this process: %s", card.name, precision, device_description())
             previous = keras.config.dtype_policy()
             keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
             try:

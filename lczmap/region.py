@@ -61,6 +61,10 @@ class Tile:
     def crs(self) -> str:
         return f"EPSG:{self.epsg}"
 
+    def delivered(self) -> Any:
+        """The part of the AOI this tile delivers (its core within the AOI), in the zone CRS."""
+        return shapely.from_wkt(self.core_wkt).intersection(shapely.from_wkt(self.aoi_wkt))
+
 
 @dataclass(frozen=True)
 class RegionSpec:
@@ -259,7 +263,7 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
         three = output_paths(full).get("lcz3", full)
         core = shapely.from_wkt(tile.core_wkt)
         with rasterio.open(three if three.exists() else full) as src:
-            window = src.window(*core.bounds).round_offsets().round_lengths()
+            window = _outer_window(src.window(*tile.delivered().bounds))
             data = src.read(window=window, boundless=True, fill_value=0)
             transform = src.window_transform(window)
             outside = geometry_mask([core], out_shape=data.shape[1:], transform=transform)
@@ -270,6 +274,15 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"id": tile.id, "skipped": False, "seconds": round(time.perf_counter() - t0, 3), **_tile_counts(path)}
+
+
+def _outer_window(exact: Any) -> Any:
+    """The whole-pixel window that holds a fractional one (rasterio Window)."""
+    from rasterio.windows import Window
+
+    col, row = math.floor(exact.col_off + 1e-6), math.floor(exact.row_off + 1e-6)
+    return Window(col, row, math.ceil(exact.col_off + exact.width - 1e-6) - col,
+                  math.ceil(exact.row_off + exact.height - 1e-6) - row)
 
 
 def _write_cog(path: Path, data: np.ndarray, profile: dict[str, Any], descriptions, tags: dict[str, str]) -> None:
@@ -314,7 +327,7 @@ def mosaic_geobox(plan: RegionPlan):
     res = GLOBAL_LCZ_DEGREES * plan.spec.resolution / 100.0 if crs.geographic else plan.spec.resolution
     bounds = None
     for tile in plan.tiles:
-        b = Geometry(shapely.from_wkt(tile.core_wkt), tile.crs).to_crs(crs).boundingbox
+        b = Geometry(tile.delivered(), tile.crs).to_crs(crs).boundingbox
         bounds = b if bounds is None else (min(bounds[0], b[0]), min(bounds[1], b[1]), max(bounds[2], b[2]), max(bounds[3], b[3]))
     return GeoBox.from_bbox(bounds, crs, resolution=res)
 
@@ -368,10 +381,9 @@ def _warp_mosaic(plan: RegionPlan, out: Path, names: list[str]) -> None:
                 with rasterio.open(plan.spec.tile_path(tile)) as src:
                     tags = tags or src.tags()
                     bounds = Geometry(shapely.box(*src.bounds), tile.crs).to_crs(box.crs).boundingbox
-                    exact = from_bounds(*bounds, transform=box.affine)
-                    col, row = math.floor(exact.col_off) - 1, math.floor(exact.row_off) - 1  # a pixel of margin
-                    win = Window(col, row, math.ceil(exact.col_off + exact.width) + 1 - col,
-                                 math.ceil(exact.row_off + exact.height) + 1 - row).intersection(Window(0, 0, width, height))
+                    win = _outer_window(from_bounds(*bounds, transform=box.affine))
+                    win = Window(win.col_off - 1, win.row_off - 1, win.width + 2, win.height + 2).intersection(  # margin
+                        Window(0, 0, width, height))
                     with WarpedVRT(src, crs=box.crs.wkt, transform=dst.window_transform(win), width=int(win.width),
                                    height=int(win.height), resampling=Resampling.nearest, nodata=0) as vrt:
                         new = vrt.read()

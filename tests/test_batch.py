@@ -301,6 +301,24 @@ def test_a_killed_worker_does_not_lose_the_run(workspace, client, killed_and_res
         np.testing.assert_array_equal(got.read(), want.read())
 
 
+def test_a_region_sized_city_is_submitted_as_tiles_and_mosaicked_by_a_worker(workspace, client, monkeypatch):
+    """A city wider than 400 km goes to the cluster as one task per tile plus one for its EPSG:4326 mosaic.
+
+    The demo city is small, so the width test is switched to "region" for this run (the tiling itself is real).
+    """
+    import lczmap.region
+
+    monkeypatch.setattr(lczmap.region, "needs_region", lambda aoi, tile_km=None: True)
+    manifest = run_batch(load_pipeline(pipeline_for(workspace, "out-region", ["beta"])), client=client)
+    entry = manifest["cities"]["beta"]
+    assert entry["status"] == "done", entry
+    tif = workspace / "out-region" / "beta.tif"
+    assert entry["sha256"] == sha256(tif) and (workspace / "out-region" / "beta.tiles").is_dir()
+    with rasterio.open(tif) as ds:
+        assert ds.crs.to_epsg() == 4326 and ds.descriptions == ("lcz", "lczFilter", "lczProbability")
+        assert (ds.read(2) != 0).mean() > 0.3
+
+
 def test_gpu_workers_each_see_only_their_own_gpu():
     """--gpus: one worker process per listed device with CUDA_VISIBLE_DEVICES set (checked without GPUs)."""
     from lczmap.cluster import dask_client

@@ -94,7 +94,7 @@ def test_mosaic_across_two_zones_has_no_gap_and_the_global_lcz_pixel(tmp_path):
         win = ds.window(125.96, 37.01, 126.04, 37.04)  # well inside the AOI, across the meridian
         inner = ds.read(2, window=win.round_offsets().round_lengths())
     assert (inner != 0).all()  # no gap where the zones meet
-    assert set(np.unique(lcz)) == {0, 4, 6}
+    assert {4, 6} <= set(np.unique(lcz)) <= {0, 4, 6}
     west = inner[:, : inner.shape[1] // 4]
     east = inner[:, -inner.shape[1] // 4:]
     assert (west == 4).all() and (east == 6).all()
@@ -117,6 +117,7 @@ def one_and_four(demo_city, tmp_path_factory):
     return out, plan, summary
 
 
+@pytest.mark.slow
 def test_four_tiles_agree_with_one_grid(one_and_four):
     out, plan, summary = one_and_four
     assert len(plan.tiles) == 4 and summary["tiles"] == 4
@@ -168,6 +169,7 @@ def test_on_a_cluster_tiles_and_mosaic_are_written_by_the_workers(one_and_four):
 
 # --- a killed region run resumes ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_killed_region_run_resumes_without_redoing_finished_tiles(demo_city, tmp_path):
     out = tmp_path / "region.tif"
     cmd = [str(LCZMAP), "-q", "predict", "--config", str(demo_city / "city.yaml"), "--out", str(out), "--tile-km", "2.5",

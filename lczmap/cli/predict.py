@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from . import cli
@@ -105,7 +107,8 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
                            precision=precision)
         summary = map_region(plan, workers=workers, threads=threads, scheduler=scheduler, progress=not quiet)
         if not quiet:
-            click.echo(f"Wrote {', '.join(summary['outputs'].values())} beside {out}: {summary['tiles']} tiles in "
+            folder = Path(out).parent
+            click.echo(f"Wrote {', '.join(str(folder / name) for name in summary['outputs'].values())}: {summary['tiles']} tiles in "
                        f"{len(summary['zones'])} UTM zone(s), {summary['mapped_km2']:.1f} km2 mapped")
         return
     summary = predict_city(
