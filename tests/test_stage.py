@@ -17,6 +17,7 @@ import rasterio
 import shapely
 import yaml
 from click.testing import CliRunner
+from conftest import assert_same_stack
 from pyproj import Transformer
 
 from lczmap.aoi import read_aoi
@@ -271,21 +272,6 @@ def test_landcover_band_holds_table_codes(staged, city, grid):
     rows, cols = inside_aoi(grid)
     assert set(np.unique(band[rows, cols])) <= set(WORLDCOVER.values())
     assert (band[rows, cols] == WORLDCOVER[50]).any()  # built-up exists in the demo city
-
-
-def assert_same_stack(a: np.ndarray, b: np.ndarray) -> None:
-    """Two reads of one stack window made in different windows: identical, except that reprojected sources (the
-    demo's EPSG:4326 DSM and land cover) go through GDAL's approximate transformer (within 10 cm,
-    lczmap.sources.base.WARP_TOLERANCE), which depends on the window: heights within 0.5 m, land-cover classes
-    changed only on the few pixels whose centre lies that close to a source pixel edge."""
-    warped = [BANDS.index("dsm"), BANDS.index("landcover")]
-    same = [k for k in range(a.shape[0]) if k not in warped]
-    np.testing.assert_array_equal(a[same], b[same])
-    assert (np.isnan(a[warped]) == np.isnan(b[warped])).mean() > 0.999
-    heights = np.isfinite(a[warped[0]]) & np.isfinite(b[warped[0]])
-    assert not heights.any() or np.abs(a[warped[0]] - b[warped[0]])[heights].max() < 0.5
-    classes = np.isfinite(b[warped[1]])
-    assert not classes.any() or (a[warped[1]] != b[warped[1]])[classes].mean() < 0.01
 
 
 def test_lazy_graph_holds_the_plan_once_and_matches_eager_reads(city, grid):

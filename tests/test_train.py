@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_same_stack
 
 from lczmap.cli import cli
 from lczmap.train.augment import dihedral
@@ -276,7 +277,7 @@ def test_city_samples_are_the_prediction_windows_of_reference_cells(demo_city_co
             r0, c0 = min(r, h - 10), min(c, w - 10)  # a 10 x 10-cell block holding the cell, as prediction reads blocks
             block = read_chunk(plan, *grid.window(slice(r0, r0 + 10), slice(c0, c0 + 10), 48))
             dr, dc = (r - r0) * grid.factor, (c - c0) * grid.factor
-            np.testing.assert_array_equal(x[k], block[:, dr : dr + 48, dc : dc + 48].transpose(1, 2, 0))
+            assert_same_stack(x[k].transpose(2, 0, 1), block[:, dr : dr + 48, dc : dc + 48])
     mtime = out.stat().st_mtime_ns
     assert sample_city(demo_city_config, out, progress=False) == out and out.stat().st_mtime_ns == mtime  # reused
 
