@@ -46,25 +46,34 @@ NETWORKS: dict[str, Network] = {
 
 
 def _builders() -> dict[str, Callable[..., Any]]:
-    from . import df4lcz, msmla, sen2lcz
+    """Each network's builder; the network modules (and so Keras) are imported only when one is called, so that
+    reading a model card's options (`option_defaults`) on a client that maps nothing does not load Keras."""
 
     def msmla_depth(depth: int):
         def builder(shape, cbam: str = "released", widths: Sequence[int] = (16, 32, 64)):
             if len(widths) != 3 or min(widths) < 1:
                 raise LczmapError(f"network option widths={list(widths)}: MSMLA needs 3 positive stage widths")
+            from . import msmla
+
             return msmla.msmla(shape, depth, cbam, tuple(int(w) for w in widths))
 
         return builder
 
     def s2(shape):
+        from . import df4lcz
+
         return df4lcz.s2_stream(shape)
 
     def gcn(shape, units: int = 32, n_layers: int = 3):
+        from . import df4lcz
+
         return df4lcz.gcn_stream(shape[0], shape[1], units, n_layers)
 
     def df4lcz_fused(shape, alpha: float = 0.6, max_nodes: int = 50, node_features: int = 5):
         if not 0.0 <= float(alpha) <= 1.0:
             raise LczmapError(f"network option alpha={alpha}: must lie in [0, 1]")
+        from . import df4lcz
+
         return df4lcz.fused(shape, float(alpha), int(max_nodes), int(node_features))
 
     def sen2(shape, depth: int = 17, width: int = 16, fusion: bool = True, dropout: float = 0.1):
@@ -72,6 +81,8 @@ def _builders() -> dict[str, Callable[..., Any]]:
             raise LczmapError(f"network option depth={depth}: Sen2LCZ-Net needs depth = 4k + 1 (5, 9, 13, 17, ...)")
         if min(shape[:2]) < 8:
             raise LczmapError(f"input shape {shape}: Sen2LCZ-Net pools three times, so the patch must be at least 8 px")
+        from . import sen2lcz
+
         return sen2lcz.sen2lcz(shape, depth, width, fusion, dropout)
 
     return {"msmla18": msmla_depth(18), "msmla50": msmla_depth(50), "df4lcz_s2": s2, "df4lcz_gcn": gcn,
