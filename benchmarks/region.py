@@ -186,7 +186,7 @@ def seam_agreement(city_yaml: Path, work: Path) -> float:
     km = next(k for k in (4.0, 4.5, 5.0, 3.5, 3.0) if len(plan_tiles(read_aoi(config.aoi), k)) == 4)
     plan = plan_region(config, work / "seam" / "four.tif", model=DEFAULT_MODEL, crs=f"EPSG:{epsg}", tile_km=km)
     map_region(plan, progress=False)
-    with rasterio.open(work / "seam" / "four.tif") as ds:
+    with rasterio.open(output_paths(work / "seam" / "four.tif")["lcz3"]) as ds:
         tiled = ds.read(window=ds.window(*bounds).round_offsets().round_lengths(), boundless=True, fill_value=0)
     mapped = single[0] != 0
     band = 1  # lczFilter

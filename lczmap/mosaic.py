@@ -199,6 +199,13 @@ def cell_areas_km2(box: GeoBox) -> np.ndarray:
                                                      [t, t, t + a.e, t + a.e])[0]) for t in tops]) / 1e6
 
 
+def area_method(box: GeoBox) -> str:
+    """How `cell_areas_km2` measures the cells of `box`, for a summary."""
+    if box.crs.geographic:
+        return "cell areas on the WGS 84 ellipsoid, per row of the written grid"
+    return "cell size of the written grid"
+
+
 def block_areas(delivered: np.ndarray, status: np.ndarray, row_km2: np.ndarray) -> np.ndarray:
     """(4 statuses, 18 codes) areas in km2 of one block, each row of cells weighted by its cell area."""
     index = status.astype(np.int64) * (N_CLASSES + 1) + delivered

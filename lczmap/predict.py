@@ -520,27 +520,59 @@ def _write_blocks(stack: Any, box: Any, folder: Path, run: Any, area_band: int) 
 def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict[str, Path], filter: bool,
                 probabilities_file: bool, run: Any) -> None:
     """Join the block files into each output COG (a VRT each, copied by GDAL on the workers) and write the styles."""
-    import dask
+    from .mosaic import N_CLASS_BANDS, Band
 
-    from .mosaic import (LCZ, LCZ_FILTER, LCZ_PROBABILITY, N_CLASS_BANDS, STATUS, Band, class_vrt, colour_tag,
-                         lcz_band, qgis_style, status_band, translate_cog)
-
-    starts = [np.cumsum((0, *c)) for c in stack.chunks[1:]]
-    blocks = [(f"b{i}_{j}.tif", slice(int(starts[0][i]), int(starts[0][i + 1])), slice(int(starts[1][j]), int(starts[1][j + 1])))
-              for i in range(len(starts[0]) - 1) for j in range(len(starts[1]) - 1)]
     tags = _tags(plan)
-    shown = LCZ_FILTER if filter else LCZ
-    probability = Band(LCZ_PROBABILITY + 1, "lczProbability", {"units": "percent", "name": "probability of the lcz class"})
-    three = [lcz_band(LCZ + 1, "lcz"), *([lcz_band(LCZ_FILTER + 1, "lczFilter")] if filter else []), probability]
-    files = {
-        "map": ([lcz_band(shown + 1, map_band_name(filter))], tags, "MODE"),
-        "lcz3": ([replace(b, palette=None, categories=None) for b in three], {**tags, "LCZ_COLOURS": colour_tag()}, "MODE"),
-        "filled": ([status_band(STATUS + 1)], tags, "MODE"),
-    }
+    files = class_files(filter, tags)
     if probabilities_file:
         per_class = [Band(N_CLASS_BANDS + c.code, f"lcz_{c.code}", {"lcz": c.lcz, "name": c.name, "units": "percent"},
                           offset=-1) for c in lcz_classes()]
-        files["probabilities"] = ([*per_class, probability], {**tags, "units": "percent"}, "AVERAGE")
+        files["probabilities"] = ([*per_class, _probability_band()], {**tags, "units": "percent"}, "AVERAGE")
+    write_cogs(box, folder, stack.chunks[1:], files, tmp, run)
+    for key, text in class_styles(filter).items():
+        tmp[key].write_text(text)
+
+
+def _probability_band() -> Any:
+    from .mosaic import LCZ_PROBABILITY, Band
+
+    return Band(LCZ_PROBABILITY + 1, "lczProbability", {"units": "percent", "name": "probability of the lcz class"})
+
+
+def class_files(filter: bool, tags: dict[str, str]) -> dict[str, tuple[list[Any], dict[str, str], str]]:
+    """The map, `_lcz3` and `_filled` files (by `output_paths` key): their bands, copied from `class_stack`'s
+    layout (lcz, lczFilter, lczProbability, status), their tags and their overview resampling."""
+    from .mosaic import LCZ, LCZ_FILTER, STATUS, colour_tag, lcz_band, status_band
+
+    shown = LCZ_FILTER if filter else LCZ
+    three = [lcz_band(LCZ + 1, "lcz"), *([lcz_band(LCZ_FILTER + 1, "lczFilter")] if filter else []), _probability_band()]
+    return {
+        "map": ([lcz_band(shown + 1, map_band_name(filter))], dict(tags), "MODE"),
+        "lcz3": ([replace(b, palette=None, categories=None) for b in three], {**tags, "LCZ_COLOURS": colour_tag()}, "MODE"),
+        "filled": ([status_band(STATUS + 1)], dict(tags), "MODE"),
+    }
+
+
+def class_styles(filter: bool) -> dict[str, str]:
+    """The QGIS styles of the map and of the three-band file (by `output_paths` key)."""
+    from .mosaic import qgis_style
+
+    return {"style": qgis_style(band=1), "lcz3_style": qgis_style(band=2 if filter else 1)}
+
+
+def write_cogs(box: Any, folder: Path, chunks: Any, files: dict[str, tuple[list[Any], dict[str, str], str]],
+               tmp: dict[str, Path], run: Any) -> None:
+    """Join the block files of `_write_blocks` (in `folder`, on `box` cut by `chunks`) into each COG of `files`.
+
+    A VRT each, copied by GDAL where `run` runs; `tmp` maps each key of `files` (and `map_aux`) to its path.
+    """
+    import dask
+
+    from .mosaic import class_vrt, translate_cog
+
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    blocks = [(f"b{i}_{j}.tif", slice(int(starts[0][i]), int(starts[0][i + 1])), slice(int(starts[1][j]), int(starts[1][j + 1])))
+              for i in range(len(starts[0]) - 1) for j in range(len(starts[1]) - 1)]
     tasks = []
     for key, (bands, file_tags, resampling) in files.items():
         vrt = folder / f"{key}.vrt"
@@ -549,8 +581,6 @@ def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict
         sidecar = tmp["map_aux"] if key == "map" else None
         tasks.append(dask.delayed(translate_cog, pure=False)(vrt, tmp[key], resampling, sidecar))
     run(dask.delayed(tuple)(tasks))
-    tmp["style"].write_text(qgis_style(band=1))
-    tmp["lcz3_style"].write_text(qgis_style(band=2 if filter else 1))
 
 
 def _draw_quicklook(plan: PredictPlan, map_path: Path, status_path: Path, path: Path, band: str) -> None:
@@ -610,7 +640,7 @@ def _tags(plan: PredictPlan) -> dict[str, str]:
 
 def _summary(plan: PredictPlan, areas: np.ndarray, band: str, box, paths: dict[str, Path], wanted: list[str],
              seconds: dict[str, float], filtered: bool) -> dict[str, Any]:
-    from .mosaic import area_summary
+    from .mosaic import area_method, area_summary
     from .stage import sentinel2_summary
 
     grid = plan.grid
@@ -627,8 +657,7 @@ def _summary(plan: PredictPlan, areas: np.ndarray, band: str, box, paths: dict[s
         "bands": {"map": [map_band_name(filtered)], "lcz3": ["lcz", *(["lczFilter"] if filtered else []), "lczProbability"],
                   "filled": ["filled"]},
         "area_band": band,
-        "area_method": ("cell areas on the WGS 84 ellipsoid, per row of the written grid" if box.crs.geographic
-                        else "cell size of the written grid"),
+        "area_method": area_method(box),
         **stats,
         "warnings": warnings,
         "seconds": seconds,

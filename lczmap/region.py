@@ -6,8 +6,9 @@ metres), so a tile's place never depends on the AOI. Each tile is mapped like a 
 over its core plus a halo of the largest filter radius: the Gaussian filter of every core cell then sees
 exactly the cells it sees in one grid, so tiles meet without seams. A tile's core is kept as a COG in
 `<out>.tiles/<EPSG>/`; finished tiles are the resumable units (a rerun after a kill maps only the rest).
-The mosaic is written in EPSG:4326 at the global LCZ map's 0.000898 degrees (or `--crs`) block by block,
-or, with `--tiles`, one VRT per zone over its tile COGs.
+The mosaic is written in EPSG:4326 at the global LCZ map's 0.000898 degrees (or `--crs`) block by block
+through the city's writer (lczmap.predict / lczmap.mosaic), as the same files as a city's map; with `--tiles`,
+the same files per zone as VRTs over its tile COGs.
 
 Tasks run on the threaded scheduler here, or as one task per tile on a Dask cluster (the client holds
 only the tile list and small results; tiles are written by the workers).
@@ -45,7 +46,10 @@ GLOBAL_LCZ_DEGREES = 0.000898315284120171
 # The filter's reach: the largest kernel radius of FILTER_RADIUS_SIGMA_M (LCZ 8 and 10), in metres.
 FILTER_REACH_M = 500.0
 STATE_FILE = "region.json"
-BANDS = ("lcz", "lczFilter", "lczProbability")
+# A tile COG's bands: class_stack's layout (lcz, lczFilter, lczProbability, cell status).
+TILE_BANDS = ("lcz", "lczFilter", "lczProbability", "filled")
+# Cells per side of a mosaic block (the unit of reprojection and writing).
+MOSAIC_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: 
     state = {"config": {k: str(v) for k, v in asdict(config).items()}, "model": card.name,
              "weights_sha256": card.weights_sha256, "resolution": spec.resolution, "tile_km": tile_km,
              "filter": spec.filter, "options": {k: str(v) for k, v in sorted(options.items())},
-             "inputs": _input_stamps(config)}
+             "inputs": _input_stamps(config), "tile_bands": list(TILE_BANDS)}  # tiles of another layout are redone
     _prepare_work(work, state)
     return RegionPlan(spec=spec, out=out, crs=mosaic_crs, tiles=tuple(tiles), tiles_output=tiles_output, tile_km=tile_km)
 
@@ -233,22 +237,26 @@ def _prepare_work(work: Path, state: dict[str, Any]) -> None:
 # ---- one tile (runs on a worker, or here) ------------------------------------------------------------
 
 def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
-    """Map one tile over core + halo, keep its core as a COG at spec.tile_path(tile); returns its cell counts.
+    """Map one tile over core + halo, keep its core as a COG at spec.tile_path(tile); returns its area table.
 
-    Idempotent: a tile whose COG exists is not redone.
+    The tile COG holds `class_stack`'s four bands (lcz, lczFilter, lczProbability, filled) on the tile's
+    core cells (0 elsewhere), written by the city's writer pieces. Idempotent: a tile whose COG exists is not redone.
     """
     import rasterio
+    from odc.geo.geobox import GeoBox
     from rasterio.features import geometry_mask
+
+    from .mosaic import LCZ_FILTER, Band, class_vrt, translate_cog, write_block
+    from .predict import output_paths, predict_city
 
     path = spec.tile_path(tile)
     if path.exists():
-        return {"id": tile.id, "skipped": True, **_tile_counts(path)}
-    from .predict import output_paths, predict_city
-
+        return {"id": tile.id, "skipped": True, "path": str(path), "areas": _tile_areas(path).tolist()}
     t0 = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.parent / f".{tile.id}.{os.getpid()}.tmp"
     scratch.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         aoi_file = scratch / "aoi.geojson"
         aoi_file.write_text(json.dumps({"type": "FeatureCollection",
@@ -256,24 +264,31 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
                                         "features": [{"type": "Feature", "properties": {},
                                                       "geometry": shapely.geometry.mapping(shapely.from_wkt(tile.aoi_wkt))}]}))
         config = replace(spec.config, aoi=aoi_file, name=tile.id)
-        full = scratch / "tile.tif"
-        predict_city(config, full, model=spec.model, resolution=spec.resolution, crs=tile.crs, filter=spec.filter,
+        files = output_paths(scratch / "tile.tif")
+        predict_city(config, files["map"], model=spec.model, resolution=spec.resolution, crs=tile.crs, filter=spec.filter,
                      progress=False, **spec.options)
-        # The LCZ Generator's three bands (lcz, lczFilter, lczProbability): a file of their own beside a one-band map.
-        three = output_paths(full).get("lcz3", full)
-        core = shapely.from_wkt(tile.core_wkt)
-        with rasterio.open(three if three.exists() else full) as src:
+        with rasterio.open(files["lcz3"]) as src, rasterio.open(files["filled"]) as filled:
             window = _outer_window(src.window(*tile.delivered().bounds))
-            data = src.read(window=window, boundless=True, fill_value=0)
-            transform = src.window_transform(window)
-            outside = geometry_mask([core], out_shape=data.shape[1:], transform=transform)
-            data[:, outside] = 0
-            profile = src.profile | {"height": data.shape[1], "width": data.shape[2], "transform": transform}
-            descriptions, tags = src.descriptions, src.tags()
-        _write_cog(path, data, profile, descriptions, tags)
+            index = {name: b for b, name in enumerate(src.descriptions, start=1)}
+            # class_stack's layout; without the filter its lczFilter is the raw class, as in class_stack
+            data = np.concatenate([src.read([index["lcz"], index.get("lczFilter", index["lcz"]), index["lczProbability"]],
+                                            window=window, boundless=True, fill_value=0),
+                                   filled.read([1], window=window, boundless=True, fill_value=0)])
+            box = GeoBox(data.shape[1:], src.window_transform(window), src.crs)
+            tags = src.tags()
+        data[:, geometry_mask([shapely.from_wkt(tile.core_wkt)], out_shape=box.shape, transform=box.affine)] = 0
+        rows, cols = slice(0, box.shape[0]), slice(0, box.shape[1])
+        areas = write_block(data, str(scratch / "b0_0.tif"), box, rows, cols, area_band=LCZ_FILTER)
+        bands = [Band(b + 1, name) for b, name in enumerate(TILE_BANDS)]  # no colour table: TIFF has none for 4 bands
+        vrt = scratch / "tile.vrt"
+        vrt.write_text(class_vrt(box, [("b0_0.tif", rows, cols)], bands, tags))
+        translate_cog(vrt, tmp)
+        os.replace(tmp, path)
     finally:
+        tmp.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"id": tile.id, "skipped": False, "seconds": round(time.perf_counter() - t0, 3), **_tile_counts(path)}
+    return {"id": tile.id, "skipped": False, "seconds": round(time.perf_counter() - t0, 3), "path": str(path),
+            "areas": areas.tolist()}
 
 
 def _outer_window(exact: Any) -> Any:
@@ -285,35 +300,17 @@ def _outer_window(exact: Any) -> Any:
                   math.ceil(exact.row_off + exact.height - 1e-6) - row)
 
 
-def _write_cog(path: Path, data: np.ndarray, profile: dict[str, Any], descriptions, tags: dict[str, str]) -> None:
-    """A small uint8 COG (one tile), written under a temporary name and renamed when complete."""
-    from rasterio.io import MemoryFile
-    from rio_cogeo.cogeo import cog_translate
-    from rio_cogeo.profiles import cog_profiles
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with MemoryFile() as mem:
-            with mem.open(**{k: v for k, v in profile.items() if k not in ("blockxsize", "blockysize", "tiled")}) as dst:
-                dst.write(data)
-                dst.descriptions = descriptions
-                dst.update_tags(**tags)
-            with mem.open() as src:
-                cog_translate(src, str(tmp), cog_profiles.get("deflate"), nodata=0, overview_resampling="mode",
-                              in_memory=True, quiet=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _tile_counts(path: Path) -> dict[str, Any]:
-    """Cells per class code of the tile's delivered band (lczFilter, else lcz) and its shape, for the summary."""
+def _tile_areas(path: Path) -> np.ndarray:
+    """The (status, code) area table of a tile COG's delivered band (lczFilter), in km2 of its own cells."""
     import rasterio
+    from odc.geo.geobox import GeoBox
+
+    from .mosaic import LCZ_FILTER, STATUS, block_areas, cell_areas_km2
 
     with rasterio.open(path) as src:
-        band = src.descriptions.index("lczFilter") + 1 if "lczFilter" in src.descriptions else 1
-        counts = np.bincount(src.read(band).ravel(), minlength=18)
-    return {"counts": counts.tolist(), "path": str(path)}
+        data = src.read()
+        box = GeoBox(src.shape, src.transform, src.crs)
+    return block_areas(data[LCZ_FILTER], data[STATUS], cell_areas_km2(box))
 
 
 # ---- the mosaic ---------------------------------------------------------------------------------------
@@ -332,126 +329,172 @@ def mosaic_geobox(plan: RegionPlan):
     return GeoBox.from_bbox(bounds, crs, resolution=res)
 
 
+@dataclass(frozen=True)
+class _Mosaic:
+    """What a mosaic block task needs: the mosaic grid, and every tile COG with its bounds in the mosaic CRS."""
+
+    box: Any  # GeoBox
+    tiles: tuple[tuple[str, tuple[float, float, float, float]], ...]
+
+
 def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
-    """Write the delivered files from the tile COGs, block by block (memory: a tile, not the region); returns the summary."""
-    from .mosaic import qgis_style
+    """Write the delivered files from the tile COGs, as a city's (see `predict.output_paths`); returns the summary.
+
+    The mosaic: the tiles reprojected (nearest neighbour) block by block onto the mosaic grid by the city's
+    blockwise writer (block GeoTIFFs, a VRT per file, copied to COGs by GDAL), so memory is a block's, not the
+    region's; its areas are those of the written grid. With `--tiles`: per zone, VRTs over the tile COGs
+    with the same bands, and areas of the tiles' cells.
+    """
+    from .mosaic import area_method
+    from .predict import _atomic_files, class_files, class_styles, output_paths
 
     spec, out = plan.spec, plan.out
-    names = list(BANDS if spec.filter else ("lcz", "lczProbability"))
     t0 = time.perf_counter()
-    outputs: dict[str, str] = {}
+    tags = _mosaic_tags(plan)
+    files = class_files(spec.filter, tags)
+    bands = {key: [b.description for b in file_bands] for key, (file_bands, _, _) in files.items()}
+    paths = output_paths(out)
     if plan.tiles_output:
-        for epsg in sorted({t.epsg for t in plan.tiles}):
-            vrt = out.with_name(f"{out.stem}_{epsg}.vrt")
-            _write_vrt(vrt, [spec.tile_path(t) for t in plan.tiles if t.epsg == epsg], names)
-            outputs[str(epsg)] = vrt.name
+        zones = sorted({t.epsg for t in plan.tiles})
+        written = {f"{epsg}{suffix}": path for epsg in zones
+                   for suffix, path in _zone_paths(out.with_name(f"{out.stem}_{epsg}.tif")).items()}
+        wanted = {**written, "summary": paths["summary"]}
     else:
-        _warp_mosaic(plan, out, names)
-        outputs["map"] = out.name
-    style = out.with_name(f"{out.stem}.qml")
-    style.write_text(qgis_style(band=names.index("lczFilter" if spec.filter else "lcz") + 1))
-    seconds["mosaic"] = round(time.perf_counter() - t0, 3)
-    summary = _summary(plan, results, seconds, outputs)
-    write_json_atomic(out.with_name(f"{out.stem}.summary.json"), summary)
+        wanted = {k: paths[k] for k in ("map", "map_aux", "lcz3", "filled", "style", "lcz3_style", "summary")}
+    # Locked on the mosaic's name in both cases, so a --tiles run and a mosaic run of one --out never overlap.
+    lock = [] if "map" in wanted else [out]
+    with _atomic_files([*lock, *wanted.values()]) as all_tmps:
+        tmp = dict(zip(wanted, all_tmps[len(lock):]))
+        if plan.tiles_output:
+            areas = _write_zone_vrts(plan, results, files, tmp)
+            method = "cell size of the tiles' UTM grids"
+        else:
+            box, areas = _write_mosaic_cogs(plan, files, tmp)
+            method = area_method(box)
+            for key, text in class_styles(spec.filter).items():
+                tmp[key].write_text(text)
+        seconds["mosaic"] = round(time.perf_counter() - t0, 3)
+        summary = _summary(plan, areas, seconds, {k: p.name for k, p in wanted.items()}, bands, method)
+        tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _warp_mosaic(plan: RegionPlan, out: Path, names: list[str]) -> None:
-    """Reproject every tile (nearest neighbour) into its window of a tiled GeoTIFF, then stream it into a COG."""
+def _mosaic_tags(plan: RegionPlan) -> dict[str, str]:
+    """A tile's tags (model, weights, version, ...) less those of the tile alone, plus the region's."""
+    import rasterio
+
+    with rasterio.open(plan.spec.tile_path(plan.tiles[0])) as src:
+        tags = src.tags()
+    for key in ("created", "city", "inputs", "LCZ_COLOURS", "AREA_OR_POINT"):
+        tags.pop(key, None)
+    return {**tags, "region": plan.spec.config.name, "tiles": str(len(plan.tiles))}
+
+
+def _zone_paths(zone: Path) -> dict[str, Path]:
+    """A zone's VRTs (named like a city's files, `.vrt`) and styles, by key suffix."""
+    from .predict import output_paths
+
+    paths = output_paths(zone)
+    return {"": paths["map"].with_suffix(".vrt"), "_lcz3": paths["lcz3"].with_suffix(".vrt"),
+            "_filled": paths["filled"].with_suffix(".vrt"), "_style": paths["style"], "_lcz3_style": paths["lcz3_style"]}
+
+
+def _write_zone_vrts(plan: RegionPlan, results: list[dict[str, Any]], files: dict[str, Any],
+                     tmp: dict[str, Path]) -> np.ndarray:
+    """Per zone, a VRT of each file over the zone's tile COGs (same grid, no resampling); the tiles' summed areas."""
+    import rasterio
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from .mosaic import class_vrt
+    from .predict import class_styles
+
+    for epsg in sorted({t.epsg for t in plan.tiles}):
+        infos = []
+        for tile in (t for t in plan.tiles if t.epsg == epsg):
+            path = plan.spec.tile_path(tile)
+            with rasterio.open(path) as src:
+                infos.append((path, src.transform, src.height, src.width, src.crs))
+        res = infos[0][1].a
+        x0, y0 = min(i[1].c for i in infos), max(i[1].f for i in infos)
+        x1, y1 = max(i[1].c + i[3] * res for i in infos), min(i[1].f - i[2] * res for i in infos)
+        box = GeoBox((round((y0 - y1) / res), round((x1 - x0) / res)), Affine(res, 0, x0, 0, -res, y0), infos[0][4])
+        blocks = []
+        for path, tr, h, w, _ in infos:
+            row, col = round((y0 - tr.f) / res), round((tr.c - x0) / res)
+            blocks.append((os.path.relpath(path, plan.out.parent), slice(row, row + h), slice(col, col + w)))
+        for key, (bands, file_tags, _) in files.items():
+            tmp[f"{epsg}{'' if key == 'map' else '_' + key}"].write_text(class_vrt(box, blocks, bands, file_tags))
+        for key, text in class_styles(plan.spec.filter).items():
+            tmp[f"{epsg}_{key}"].write_text(text)
+    return np.sum([r["areas"] for r in results], axis=0)
+
+
+def _write_mosaic_cogs(plan: RegionPlan, files: dict[str, Any], tmp: dict[str, Path]) -> tuple[Any, np.ndarray]:
+    """The tiles reprojected block by block onto the mosaic grid and written as the city's COGs; (grid, areas)."""
+    import rasterio
+
+    from .mosaic import LCZ_FILTER, N_CLASS_BANDS
+    from .predict import _runner, _write_blocks, write_cogs
+    from .stage import blockwise_array
+
+    box = mosaic_geobox(plan)
+    tiles = []
+    for tile in plan.tiles:
+        path = plan.spec.tile_path(tile)
+        with rasterio.open(path) as src:
+            tiles.append((str(path), tuple(Geometry(shapely.box(*src.bounds), src.crs.wkt).to_crs(box.crs).boundingbox)))
+    mosaic = _Mosaic(box=box, tiles=tuple(tiles))
+    stack = blockwise_array(_mosaic_block, mosaic, f"lczmap-mosaic-{plan.spec.config.name}-{os.getpid()}", box.shape,
+                            MOSAIC_BLOCK, N_CLASS_BANDS).astype(np.uint8)
+    run = _runner(None, None, False)  # threads here, or the worker's threads when the mosaic is a task on a cluster
+    folder = tmp["map"].with_name(tmp["map"].name + ".blocks")
+    try:
+        areas = _write_blocks(stack, box, folder, run, area_band=LCZ_FILTER)
+        write_cogs(box, folder, stack.chunks[1:], files, tmp, run)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return box, areas
+
+
+def _mosaic_block(mosaic: _Mosaic, rows: slice, cols: slice) -> np.ndarray:
+    """One mosaic block: every tile that reaches it, reprojected by nearest neighbour; a cell comes from the tile that
+    holds it (status > 0), the later tile where two do (the one-cell overlap at a zone edge)."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
-    from rasterio.windows import Window, from_bounds
-    from rio_cogeo.cogeo import cog_translate
-    from rio_cogeo.profiles import cog_profiles
 
-    from .mosaic import colour_tag
+    from .mosaic import N_CLASS_BANDS, STATUS
 
-    box = mosaic_geobox(plan)
-    height, width = box.shape
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial.tmp")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with rasterio.open(partial, "w+", driver="GTiff", width=width, height=height, count=len(names), dtype="uint8",
-                           crs=box.crs.wkt, transform=box.affine, nodata=0, tiled=True, blockxsize=512, blockysize=512,
-                           compress="deflate", BIGTIFF="IF_SAFER") as dst:
-            dst.descriptions = tuple(names)
-            tags: dict[str, str] = {}
-            for tile in plan.tiles:
-                with rasterio.open(plan.spec.tile_path(tile)) as src:
-                    tags = tags or src.tags()
-                    bounds = Geometry(shapely.box(*src.bounds), tile.crs).to_crs(box.crs).boundingbox
-                    win = _outer_window(from_bounds(*bounds, transform=box.affine))
-                    win = Window(win.col_off - 1, win.row_off - 1, win.width + 2, win.height + 2).intersection(  # margin
-                        Window(0, 0, width, height))
-                    with WarpedVRT(src, crs=box.crs.wkt, transform=dst.window_transform(win), width=int(win.width),
-                                   height=int(win.height), resampling=Resampling.nearest, nodata=0) as vrt:
-                        new = vrt.read()
-                    old = dst.read(window=win)
-                    dst.write(np.where(new != 0, new, old), window=win)
-            for key in ("created", "city", "inputs"):  # a tile's own; the region's follow
-                tags.pop(key, None)
-            tags.update(region=plan.spec.config.name, tiles=str(len(plan.tiles)), LCZ_COLOURS=colour_tag())
-            dst.update_tags(**tags)
-        with rasterio.open(partial) as src:
-            cog_translate(src, str(tmp), cog_profiles.get("deflate"), nodata=0, overview_resampling="mode",
-                          in_memory=False, quiet=True)
-        os.replace(tmp, out)
-    finally:
-        partial.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+    sub = mosaic.box[rows, cols]
+    left, bottom, right, top = sub.boundingbox
+    out = np.zeros((N_CLASS_BANDS, *sub.shape), np.uint8)
+    for path, (w, s, e, n) in mosaic.tiles:
+        if w >= right or e <= left or s >= top or n <= bottom:
+            continue
+        with rasterio.open(path) as src, WarpedVRT(src, crs=sub.crs.wkt, transform=sub.affine, width=sub.shape[1],
+                                                  height=sub.shape[0], resampling=Resampling.nearest, nodata=0) as vrt:
+            new = vrt.read()
+        inside = new[STATUS] != 0
+        out[:, inside] = new[:, inside]
+    return out
 
 
-def _write_vrt(path: Path, tiles: list[Path], names: list[str]) -> None:
-    """A GDAL VRT mosaic of same-CRS, same-grid tile COGs (paths relative to the VRT)."""
-    import rasterio
-    from xml.sax.saxutils import escape
+def _summary(plan: RegionPlan, areas: np.ndarray, seconds: dict[str, float], outputs: dict[str, str],
+             bands: dict[str, list[str]], method: str) -> dict[str, Any]:
+    from .mosaic import area_summary
 
-    infos = []
-    for t in tiles:
-        with rasterio.open(t) as src:
-            infos.append((t, src.transform, src.width, src.height, src.crs.wkt))
-    res = infos[0][1].a, infos[0][1].e
-    x0 = min(i[1].c for i in infos)
-    y0 = max(i[1].f for i in infos)
-    x1 = max(i[1].c + i[2] * res[0] for i in infos)
-    y1 = min(i[1].f + i[3] * res[1] for i in infos)
-    width, height = round((x1 - x0) / res[0]), round((y1 - y0) / res[1])
-    bands = []
-    for b, name in enumerate(names, start=1):
-        sources = "".join(
-            f'<ComplexSource><SourceFilename relativeToVRT="1">{escape(os.path.relpath(t, path.parent))}</SourceFilename>'
-            f"<SourceBand>{b}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" ySize=\"{h}\"/>"
-            f'<DstRect xOff="{round((tr.c - x0) / res[0])}" yOff="{round((tr.f - y0) / res[1])}" xSize="{w}" ySize="{h}"/>'
-            f"<NODATA>0</NODATA></ComplexSource>"
-            for t, tr, w, h, _ in infos)
-        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}"><Description>{name}</Description>'
-                     f"<NoDataValue>0</NoDataValue>{sources}</VRTRasterBand>")
-    doc = (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(infos[0][4])}</SRS>'
-           f"<GeoTransform>{x0!r}, {res[0]!r}, 0.0, {y0!r}, 0.0, {res[1]!r}</GeoTransform>{''.join(bands)}</VRTDataset>\n")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, path)
-
-
-def _summary(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[str, float], outputs: dict[str, str]) -> dict[str, Any]:
-    from .classes import lcz_classes
-
-    counts = np.sum([r["counts"] for r in results], axis=0) if results else np.zeros(18, int)
-    cell_km2 = plan.spec.resolution ** 2 / 1e6
-    mapped = int(counts[1:].sum())
     return {
         "region": plan.spec.config.name,
         "outputs": outputs,
+        "bands": bands,
+        "area_band": "lczFilter" if plan.spec.filter else "lcz",
+        "area_method": method,
+        **area_summary(np.asarray(areas)),
         "crs": plan.crs,
         "tiles": len(plan.tiles),
         "tile_km": plan.tile_km,
         "zones": sorted({t.epsg for t in plan.tiles}),
-        # Areas are counted on the tiles' UTM cells (equal area per cell), not on the reprojected mosaic.
-        "classes": {str(c.code): {"lcz": c.lcz, "name": c.name, "km2": round(float(counts[c.code] * cell_km2), 4),
-                                  "percent": round(100.0 * counts[c.code] / mapped, 2) if mapped else 0.0}
-                    for c in lcz_classes()},
-        "mapped_km2": round(mapped * cell_km2, 4),
         "seconds": seconds,
         "resolution_m": plan.spec.resolution,
     }

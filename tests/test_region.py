@@ -18,17 +18,23 @@ import rasterio
 import shapely
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from rasterio.enums import ColorInterp
 from rasterio.features import rasterize
 from rio_cogeo.cogeo import cog_validate
 
 from lczmap.card import DEFAULT_MODEL
 from lczmap.config import CityConfig, load_city_config
 from lczmap.predict import output_paths, predict_city
-from lczmap.region import (GLOBAL_LCZ_DEGREES, RegionPlan, RegionSpec, map_region, needs_region, plan_region, plan_tiles,
-                           write_mosaic)
+from lczmap.classes import lcz_classes
+from lczmap.mosaic import cell_areas_km2
+from lczmap.region import (GLOBAL_LCZ_DEGREES, TILE_BANDS, RegionPlan, RegionSpec, map_region, needs_region, plan_region,
+                           plan_tiles, write_mosaic)
 
 REPO = Path(__file__).resolve().parent.parent
 LCZMAP = Path(sys.executable).parent / "lczmap"
+
+
+LCZ_RGB = {c.code: tuple(c.rgb) for c in lcz_classes()}
 
 
 def lonlat_box(west, south, east, north) -> Geometry:
@@ -81,18 +87,31 @@ def test_mosaic_across_two_zones_has_no_gap_and_the_global_lcz_pixel(tmp_path):
         inside = rasterize([core], out_shape=box.shape, transform=box.affine, fill=0, default_value=1, dtype="uint8")
         path = spec.tile_path(t)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with rasterio.open(path, "w", driver="GTiff", width=box.shape[1], height=box.shape[0], count=3, dtype="uint8",
+        with rasterio.open(path, "w", driver="GTiff", width=box.shape[1], height=box.shape[0], count=4, dtype="uint8",
                            crs=t.crs, transform=box.affine, nodata=0) as dst:
-            dst.write(np.stack([inside * code[t.epsg]] * 2 + [inside * 80]))
-            dst.descriptions = ("lcz", "lczFilter", "lczProbability")
-    results = [{"counts": np.bincount([0], minlength=18).tolist()} for _ in tiles]
-    summary = write_mosaic(plan, results, {})
+            dst.write(np.stack([inside * code[t.epsg]] * 2 + [inside * 80, inside]))  # status 1: mapped
+            dst.descriptions = TILE_BANDS
+    summary = write_mosaic(plan, [], {})
     with rasterio.open(tmp_path / "region.tif") as ds:
-        assert ds.crs.to_epsg() == 4326 and ds.descriptions == ("lcz", "lczFilter", "lczProbability")
+        assert ds.crs.to_epsg() == 4326 and ds.descriptions == ("lcz_filtered",)
         assert ds.res == pytest.approx((GLOBAL_LCZ_DEGREES, GLOBAL_LCZ_DEGREES))
-        lcz = ds.read(2)
+        assert ds.colormap(1)[4][:3] == LCZ_RGB[4] and ds.colormap(1)[6][:3] == LCZ_RGB[6]
+        lcz = ds.read(1)
         win = ds.window(125.96, 37.01, 126.04, 37.04)  # well inside the AOI, across the meridian
-        inner = ds.read(2, window=win.round_offsets().round_lengths())
+        inner = ds.read(1, window=win.round_offsets().round_lengths())
+        cells = np.bincount(lcz.ravel(), minlength=18)
+        rows_km2 = cell_areas_km2(GeoBox(ds.shape, ds.transform, ds.crs))
+        written_km2 = {c: float(((lcz == c) * rows_km2[:, None]).sum()) for c in (4, 6)}
+    with rasterio.open(tmp_path / "region_lcz3.tif") as ds:
+        assert ds.descriptions == ("lcz", "lczFilter", "lczProbability") and ds.tags()["LCZ_COLOURS"]
+        np.testing.assert_array_equal(ds.read(2), lcz)
+    with rasterio.open(tmp_path / "region_filled.tif") as ds:
+        assert ds.descriptions == ("filled",) and set(np.unique(ds.read(1))) <= {0, 1} and ds.read(1).any()
+    assert {"region.qml", "region_lcz3.qml", "region.tif.aux.xml"} <= {p.name for p in tmp_path.iterdir()}
+    # the summary's areas are those of the written EPSG:4326 grid (cells on the ellipsoid)
+    assert summary["area_method"].startswith("cell areas on the WGS 84 ellipsoid") and cells[4] > 0
+    for c in (4, 6):
+        assert summary["classes"][str(c)]["km2"] == pytest.approx(written_km2[c], abs=1e-3)
     assert (inner != 0).all()  # no gap where the zones meet
     assert {4, 6} <= set(np.unique(lcz)) <= {0, 4, 6}
     west = inner[:, : inner.shape[1] // 4]
@@ -121,9 +140,20 @@ def one_and_four(demo_city, tmp_path_factory):
 def test_four_tiles_agree_with_one_grid(one_and_four):
     out, plan, summary = one_and_four
     assert len(plan.tiles) == 4 and summary["tiles"] == 4
-    three = output_paths(out / "one.tif").get("lcz3", out / "one.tif")  # the bands lcz, lczFilter, lczProbability
-    with rasterio.open(three if three.exists() else out / "one.tif") as one, rasterio.open(out / "four.tif") as four:
-        assert one.descriptions == four.descriptions == ("lcz", "lczFilter", "lczProbability")
+    # The region's files are a city's: the one-band map with its colour table, the three-band file, the cell status.
+    for key in ("map", "lcz3", "filled"):
+        with rasterio.open(output_paths(out / "one.tif")[key]) as one, rasterio.open(output_paths(out / "four.tif")[key]) as four:
+            assert one.descriptions == four.descriptions and one.tags(1) == four.tags(1)
+            assert (one.colorinterp[0] == ColorInterp.palette) == (four.colorinterp[0] == ColorInterp.palette)
+            if key == "map":
+                assert one.colormap(1) == four.colormap(1) and four.descriptions == ("lcz_filtered",)
+                # the summary's areas are those of the written map (100 m UTM cells)
+                counts = np.bincount(four.read(1).ravel(), minlength=18)
+                for code in range(1, 18):
+                    assert summary["classes"][str(code)]["km2"] == pytest.approx(counts[code] * 0.01, abs=1e-6)
+    assert {p.name for p in out.glob("four*")} >= {"four.tif.aux.xml", "four.qml", "four_lcz3.qml", "four.summary.json"}
+    with rasterio.open(out / "one_lcz3.tif") as one, rasterio.open(out / "four_lcz3.tif") as four:
+        assert four.descriptions == ("lcz", "lczFilter", "lczProbability")
         assert one.res == four.res and one.crs == four.crs
         window = four.window(*one.bounds)  # the mosaic covers the tiles' cores, the one grid the AOI's box
         assert window.col_off == round(window.col_off) and window.row_off == round(window.row_off)  # same cell edges
@@ -143,11 +173,17 @@ def test_tiles_output_writes_a_vrt_per_zone_over_the_same_tiles(one_and_four):
                            tiles_output=True)
     summary = map_region(vrt_plan, progress=False)
     assert {t.id: plan.spec.tile_path(t).stat().st_mtime_ns for t in plan.tiles} == mtimes  # tiles reused
-    (vrt,) = summary["outputs"].values()
-    with rasterio.open(out / vrt) as v, rasterio.open(out / "four.tif") as m:
-        assert v.descriptions == m.descriptions and v.crs == m.crs
-        window = v.window(*m.bounds).round_offsets().round_lengths()
-        np.testing.assert_array_equal(v.read(window=window, boundless=True, fill_value=0), m.read())
+    (epsg,) = summary["zones"]
+    outputs = summary["outputs"]
+    assert outputs[f"{epsg}"] == f"four_{epsg}.vrt" and outputs[f"{epsg}_lcz3"] == f"four_{epsg}_lcz3.vrt"
+    assert {f"four_{epsg}_filled.vrt", f"four_{epsg}.qml", f"four_{epsg}_lcz3.qml"} <= set(outputs.values())
+    for suffix in ("", "_lcz3", "_filled"):  # each zone VRT has the bands of the mosaic's file of the same name
+        with rasterio.open(out / f"four_{epsg}{suffix}.vrt") as v, rasterio.open(out / f"four{suffix}.tif") as m:
+            assert v.descriptions == m.descriptions and v.crs == m.crs and v.tags(1) == m.tags(1)
+            if suffix == "":
+                assert all(v.colormap(1)[c] == m.colormap(1)[c] for c in range(18))  # GDAL pads the TIFF's to 256
+            window = v.window(*m.bounds).round_offsets().round_lengths()
+            np.testing.assert_array_equal(v.read(window=window, boundless=True, fill_value=0), m.read())
 
 
 def test_on_a_cluster_tiles_and_mosaic_are_written_by_the_workers(one_and_four):
@@ -157,7 +193,8 @@ def test_on_a_cluster_tiles_and_mosaic_are_written_by_the_workers(one_and_four):
     out, plan, _ = one_and_four
     with rasterio.open(out / "four.tif") as ds:
         before = ds.read()
-    (out / "four.tif").unlink()
+    for name in ("four.tif", "four_lcz3.tif", "four_filled.tif"):
+        (out / name).unlink()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         summary = map_region(plan, client=client, progress=False)
@@ -197,7 +234,7 @@ def test_a_killed_region_run_resumes_without_redoing_finished_tiles(demo_city, t
     assert summary["tiles"] == len(list(work.glob("*/*.tif"))) > len(done)
     assert not list(work.rglob(".*.tmp"))
     with rasterio.open(out) as ds:
-        assert ds.crs.to_epsg() == 4326 and (ds.read(2) != 0).mean() > 0.3
+        assert ds.crs.to_epsg() == 4326 and ds.descriptions == ("lcz_filtered",) and (ds.read(1) != 0).mean() > 0.3
 
 
 # --- imports ---------------------------------------------------------------------------------------

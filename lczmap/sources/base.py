@@ -168,21 +168,61 @@ def warp(
     Source positions are GDAL's approximation within WARP_TOLERANCE destination pixels (10 cm), so a pixel read
     in two different windows may differ by what a 10 cm shift makes, far below the sources' precision.
     """
+    data = _warp(href, indexes, geobox, resampling, dtype, src_nodata, dst_nodata, wait=True)
+    assert data is not None  # a waiting read always gets the handle
+    return data
+
+
+def warp_files(
+    files: list[tuple[str, list[int], float | None]],
+    geobox: GeoBox,
+    resampling: Resampling,
+    dtype: str = "float32",
+    dst_nodata: float = np.nan,
+) -> list[np.ndarray]:
+    """warp() of each (href, indexes, src_nodata) in `files` onto `geobox`, in that order, read free files first.
+
+    Threads staging neighbouring windows read the same files in the same order, and a file's handle serves one
+    thread at a time: the first read of a JP2 band decodes it into GDAL's block cache, and a second thread
+    arriving meanwhile would wait for it, then trail the first through every file. Taking a file no other thread
+    is reading, and waiting only when all are taken, lets the threads decode different files at once; each
+    read is the same warp, so the values do not depend on the order.
+    """
+    out: list[np.ndarray | None] = [None] * len(files)
+    todo = list(range(len(files)))
+    while todo:
+        for k in todo:
+            out[k] = _warp(*files[k][:2], geobox, resampling, dtype, files[k][2], dst_nodata, wait=False)
+            if out[k] is not None:
+                break
+        else:  # every remaining file is being read by another thread: wait for the first
+            k = todo[0]
+            out[k] = warp(*files[k][:2], geobox, resampling, dtype, files[k][2], dst_nodata)
+        todo.remove(k)
+    return out  # type: ignore[return-value]  (all filled)
+
+
+def _warp(href: str, indexes: list[int], geobox: GeoBox, resampling: Resampling, dtype: str,
+          src_nodata: float | None, dst_nodata: float, wait: bool) -> np.ndarray | None:
+    """warp(); None at once, without reading, when `wait` is False and another thread holds the file's handle."""
     try:
-        with _dataset(href) as src, WarpedVRT(
-            src,
-            crs=geobox.crs.wkt,
-            transform=geobox.affine,
-            width=geobox.shape[1],
-            height=geobox.shape[0],
-            resampling=resampling,
-            src_nodata=src_nodata if src_nodata is not None else src.nodata,
-            nodata=dst_nodata,
-            dtype=dtype,
-            tolerance=WARP_TOLERANCE,
-            **_fixed_scale(src, geobox),
-        ) as vrt:
-            return vrt.read(indexes)
+        with _dataset(href, wait) as src:
+            if src is None:
+                return None
+            with WarpedVRT(
+                src,
+                crs=geobox.crs.wkt,
+                transform=geobox.affine,
+                width=geobox.shape[1],
+                height=geobox.shape[0],
+                resampling=resampling,
+                src_nodata=src_nodata if src_nodata is not None else src.nodata,
+                nodata=dst_nodata,
+                dtype=dtype,
+                tolerance=WARP_TOLERANCE,
+                **_fixed_scale(src, geobox),
+            ) as vrt:
+                return vrt.read(indexes)
     except (RasterioError, OSError) as exc:
         raise LczmapError(f"{href}: cannot read ({_first_line(exc)})") from None
 
@@ -280,8 +320,8 @@ os.register_at_fork(after_in_child=_forget_handles)
 
 
 @contextmanager
-def _dataset(href: str):
-    """The process's open handle on `href`, used by one thread at a time.
+def _dataset(href: str, wait: bool = True):
+    """The process's open handle on `href`, used by one thread at a time (None when `wait` is False and it is taken).
 
     Handles stay open between chunks so that GDAL's block cache holds decoded blocks (JP2 tiles are costly
     to decode) and each block is decoded once per process, not once per chunk or per thread. A file
@@ -299,8 +339,13 @@ def _dataset(href: str):
             if _handles[old].users == 0:  # never close a handle another thread holds
                 _handles.pop(old).dataset.close()
     try:
-        with handle.lock:
+        if not handle.lock.acquire(blocking=wait):
+            yield None
+            return
+        try:
             yield handle.dataset
+        finally:
+            handle.lock.release()
     finally:
         with _handles_lock:
             handle.users -= 1

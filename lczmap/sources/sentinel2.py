@@ -36,7 +36,7 @@ from rasterio.enums import Resampling
 from rasterio.features import rasterize
 
 from ..errors import LczmapError, reading
-from .base import RasterInfo, Source, check_exists, check_overlap, inspect_raster, is_remote, warp
+from .base import RasterInfo, Source, check_exists, check_overlap, inspect_raster, is_remote, warp, warp_files
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ class Sentinel2Source(Source):
             if invalid.all():  # all cloud or outside the swath here: the band files need not be decoded
                 out.fill(np.nan)
                 return out
-        for href, nodata, items in self._groups:  # one warp per file (a multi-band file is read once)
-            dn = warp(href, [r.index for _, r in items], geobox, Resampling.bilinear, "float32", src_nodata=nodata)
-            for k, (pos, ref) in enumerate(items):
+        files = [(href, [r.index for _, r in items], nodata) for href, nodata, items in self._groups]
+        for (_, _, items), dn in zip(self._groups, warp_files(files, geobox, Resampling.bilinear, "float32")):
+            for k, (pos, ref) in enumerate(items):  # one warp per file (a multi-band file is read once)
                 out[pos] = dn[k] * np.float32(ref.scale) + np.float32(ref.offset)
         if invalid is not None:
             out[:, invalid] = np.nan
