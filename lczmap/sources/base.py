@@ -192,12 +192,14 @@ def warp_files(
     todo = list(range(len(files)))
     while todo:
         for k in todo:
-            out[k] = _warp(*files[k][:2], geobox, resampling, dtype, files[k][2], dst_nodata, wait=False)
+            href, indexes, src_nodata = files[k]
+            out[k] = _warp(href, indexes, geobox, resampling, dtype, src_nodata, dst_nodata, wait=False)
             if out[k] is not None:
                 break
         else:  # every remaining file is being read by another thread: wait for the first
             k = todo[0]
-            out[k] = warp(*files[k][:2], geobox, resampling, dtype, files[k][2], dst_nodata)
+            href, indexes, src_nodata = files[k]
+            out[k] = warp(href, indexes, geobox, resampling, dtype, src_nodata, dst_nodata)
         todo.remove(k)
     return out  # type: ignore[return-value]  (all filled)
 
