@@ -35,12 +35,14 @@ CACHE = Path(os.environ.get("LCZMAP_CACHE") or Path.home() / ".cache" / "lczmap"
 SEED = 11  # not a training seed
 
 
-def demo_city(size_km: float) -> Path:
-    """city.yaml of a demo city of `size_km`, generated once (in a child, so its memory is not ours)."""
-    folder = CACHE / f"city-{size_km:g}km"
+def demo_city(size_km: float, scenes: int) -> Path:
+    """city.yaml of a demo city of `size_km` with `scenes` Sentinel-2 products, generated once (in a child, so its
+    memory is not ours)."""
+    folder = CACHE / f"city-{size_km:g}km" if scenes == 1 else CACHE / f"city-{size_km:g}km-{scenes}scenes"
     if not (folder / "city.yaml").exists():
         print(f"generating a {size_km:g} km demo city into {folder} ...", flush=True)
-        code = f"from lczmap.demo import generate; generate({str(folder)!r}, seed={SEED}, size_km={size_km})"
+        code = (f"from lczmap.demo import generate; "
+                f"generate({str(folder)!r}, seed={SEED}, size_km={size_km}, scenes={scenes})")
         subprocess.run([sys.executable, "-c", code], check=True)
     return folder / "city.yaml"
 
@@ -167,6 +169,7 @@ def main() -> None:
     parser.add_argument("--batch-size", default="256", help="patches per model call, or auto")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--city-km", type=float, default=8.0)
+    parser.add_argument("--scenes", type=int, default=1, help="Sentinel-2 products of the demo city (composited)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the bare-model measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -176,7 +179,7 @@ def main() -> None:
     from lczmap.predict import plan_city
 
     model = model_dir(args.model)
-    city = demo_city(args.city_km)
+    city = demo_city(args.city_km, args.scenes)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     plan = plan_city(load_city_config(city), model, batch_size=batch, precision=args.precision)
     cells = int(plan.aoi_mask.sum())
@@ -192,7 +195,7 @@ def main() -> None:
     e2e = end_to_end(city, model, batch, args.precision)
     cpus = os.cpu_count() or 1
     results = {
-        "device": device_description(), "city_km": args.city_km, "cells": cells, "patches": patches,
+        "device": device_description(), "city_km": args.city_km, "scenes": args.scenes, "cells": cells, "patches": patches,
         "batch_size": plan.batch_size, "precision": args.precision, "cpus": cpus,
         "bare_patches_per_s": round(bare_rate, 1),
         "inference_patches_per_s": round(patches / inference_s, 1),
