@@ -1,4 +1,4 @@
-"""Describe a finished LCZ map: area per class as a JSON-ready summary, and a quicklook figure fit for a paper."""
+"""Draw a finished LCZ map as a quicklook figure fit for a paper (PNG, PDF or SVG)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS
 
 from . import __version__
-from .classes import CODES, N_CLASSES, NODATA, lcz_classes
+from .classes import N_CLASSES, NODATA, lcz_classes
 from .errors import LczmapError
 
 QUICKLOOK_DPI = 300  # journals ask for 300 dpi raster figures
@@ -29,28 +29,6 @@ NORTH_ARROW_OFFSET_IN = (0.45, -0.05)
 MIN_TICK_GAP_IN = (0.7, 0.3)  # between labels along x and y: a lon/lat label is about 0.5 in long and 0.1 in high at 7 pt
 MIN_SCALE_SPAN_IN = 4.0  # a scale bar shorter than a tenth of this (the worst rounding) would not hold its labels
 NO_DATA_COLOUR = (0.95, 0.75, 0.95, 1.0)
-
-
-def class_areas(lcz: np.ndarray, aoi_mask: np.ndarray, resolution: float) -> dict[str, Any]:
-    """Area per class (km2 and % of the mapped area) and the share of AOI cells left without a class."""
-    cell_km2 = resolution * resolution / 1e6
-    inside = lcz[aoi_mask]
-    counts = np.bincount(inside, minlength=len(CODES) + 1)
-    mapped = int(counts[1:].sum())
-    classes = {
-        str(c.code): {
-            "lcz": c.lcz, "name": c.name,
-            "km2": round(float(counts[c.code] * cell_km2), 4),
-            "percent": round(100.0 * counts[c.code] / mapped, 2) if mapped else 0.0,
-        }
-        for c in lcz_classes()
-    }
-    return {
-        "classes": classes,
-        "mapped_km2": round(mapped * cell_km2, 4),
-        "aoi_km2": round(inside.size * cell_km2, 4),
-        "nodata_share": round(float(counts[NODATA] / inside.size), 4) if inside.size else 1.0,
-    }
 
 
 def nice_length(span_m: float) -> float:

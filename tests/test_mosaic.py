@@ -9,7 +9,7 @@ from rio_cogeo.cogeo import cog_validate
 from lczmap.classes import lcz_classes
 from lczmap.mosaic import (Band, class_vrt, classify, colour_tag, filter_kernel_px, lcz_band, lcz_filter, output_geobox,
                            reproject_stack, translate_cog, write_block)
-from lczmap.report import class_areas, nice_length, quicklook
+from lczmap.report import nice_length, quicklook
 
 
 def background(code=14, shape=(40, 40)):
@@ -116,19 +116,6 @@ def test_lonlat_reprojection_keeps_codes_and_area(utm_box):
     # Square degree pixels of about the same ground size: the class shares are kept within a few %.
     share = lambda a, code: (a == code).sum() / (a > 0).sum()  # noqa: E731
     assert abs(share(out, 2) - share(lcz, 2)) < 0.03
-
-
-def test_class_areas_add_up():
-    lcz = background(shape=(10, 10))
-    lcz[:5] = 2
-    lcz[0, 0] = 0
-    mask = np.ones((10, 10), bool)
-    mask[9] = False  # a row outside the AOI is not counted
-    s = class_areas(lcz, mask, 100)
-    assert s["classes"]["2"]["km2"] == pytest.approx(0.49)
-    assert s["classes"]["14"]["km2"] == pytest.approx(0.40)
-    assert sum(c["percent"] for c in s["classes"].values()) == pytest.approx(100)
-    assert s["nodata_share"] == pytest.approx(1 / 90, abs=1e-4)
 
 
 def test_quicklook_png(tmp_path, utm_box):
