@@ -59,7 +59,7 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
                 stac_datetime: str | None, max_cloud: float | None, **kwargs) -> None:
     """Map a city's Local Climate Zones with a trained model.
 
-    Writes OUT, a one-band Cloud-Optimized GeoTIFF lczFilter (the filtered classes, holes filled; lcz with
+    Writes OUT, a one-band Cloud-Optimized GeoTIFF lcz_filtered (the filtered classes, holes filled; lcz with
     --no-filter) with the WUDAPT colour table and class names (OUT.aux.xml); codes 1-17, 0 = nodata in
     every file. Beside it: <stem>_lcz3.tif (the LCZ Generator's bands lcz, lczFilter, lczProbability),
     <stem>_filled.tif (1 mapped, 2 filled by the filter, 3 no class), <stem>.summary.json (area per
