@@ -16,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_json_atomic
+from .config import read_small_file
 from .errors import ConfigError, LczmapError, UnsafeInputError, reading
 
 CARD_FILE = "card.json"
@@ -126,17 +127,11 @@ _WEIGHTS_SUFFIX = ".weights.h5"  # Keras' weights-only HDF5: loading it reads ar
 
 
 def _read_card_json(path: Path) -> dict[str, Any]:
+    data = read_small_file(path, "model card", _MAX_CARD_BYTES)
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise LczmapError(f"{path}: not a regular file")
-        if info.st_size > _MAX_CARD_BYTES:
-            raise LczmapError(f"{path}: {info.st_size} bytes; a model card is a small JSON file")
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LczmapError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise LczmapError(f"{path}: cannot read model card ({exc.strerror or exc})") from None
     if not isinstance(doc, dict):
         raise LczmapError(f"{path}: a model card is a JSON object, not a {type(doc).__name__}")
     return doc

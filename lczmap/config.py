@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -158,20 +159,31 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def read_small_file(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes (a city.yaml, pipeline or model card: a device
+    file or a huge file is the wrong input, and reading it would hang or fill memory); one ConfigError otherwise."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: {what} is not a regular file")
+        if info.st_size > limit:
+            raise ConfigError(f"{path}: {info.st_size} bytes; a {what} is a small text file")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
 def read_yaml_mapping(path: Path, what: str, hint: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping; any problem is one LczmapError naming the file."""
     if not path.is_file():
         raise ConfigError(f"{path}: {what} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    data = read_small_file(path, what, _MAX_YAML_BYTES)
     try:
-        if path.stat().st_size > _MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a {what} is a small YAML file")
-        doc = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        doc = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (a {what} is YAML text in UTF-8)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a {what} must be a YAML mapping {hint}")
     return doc
