@@ -137,6 +137,14 @@ def auto_batch_size(card: ModelCard) -> int:
     return limit
 
 
+def resolve_batch_size(card: ModelCard, batch_size: int | str, block: int) -> int:
+    """Patches per model call: `batch_size` as given, or for "auto" `auto_batch_size` capped at one block's cells
+    (a block's patches are at most one batch, so a larger batch would only be padding)."""
+    if batch_size == "auto":
+        return min(auto_batch_size(card), block * block)
+    return int(batch_size)
+
+
 # ---- one block ---------------------------------------------------------------------------------------------
 
 @dataclass

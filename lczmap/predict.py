@@ -170,7 +170,7 @@ def plan_city(
     a Zarr stack written by `lczmap stage` (its grid, AOI and bands) instead of the inputs of `config`.
     """
     from .aoi import read_aoi
-    from .inference import PRECISIONS, auto_batch_size
+    from .inference import PRECISIONS, resolve_batch_size
     from .stage import BANDS, OPTIONAL_BANDS, plan_stage
 
     t0 = time.perf_counter()
@@ -204,7 +204,7 @@ def plan_city(
     return PredictPlan(
         config=config, card=card, grid=grid, stage=stage, bands=tuple(bands),
         out_crs=out_crs if out_crs is not None else grid.crs,
-        batch_size=auto_batch_size(card) if batch_size == "auto" else int(batch_size), block=int(block),
+        batch_size=resolve_batch_size(card, batch_size, int(block)), block=int(block),
         nodata_threshold=float(nodata_threshold), use_vhr=use_vhr, plan_seconds=time.perf_counter() - t0,
         precision=precision,
     )
@@ -213,7 +213,7 @@ def plan_city(
 def _plan_from_stack(stack: str | Path, model: str | Path, resolution: float | None, crs: str | None,
                      batch_size: int | str, block: int, nodata_threshold: float, precision: str, t0: float) -> PredictPlan:
     """A plan whose blocks read a staged Zarr stack: the stack's grid, AOI and provenance, the same block function."""
-    from .inference import auto_batch_size
+    from .inference import resolve_batch_size
     from .stage import OPTIONAL_BANDS, open_stack_store
 
     if batch_size != "auto" and int(batch_size) < 1:
@@ -245,7 +245,7 @@ def _plan_from_stack(stack: str | Path, model: str | Path, resolution: float | N
     config = CityConfig(name=store.provenance.get("city") or Path(stack).stem, aoi=Path(stack))
     return PredictPlan(
         config=config, card=card, grid=grid, stage=store, bands=tuple(bands), out_crs=out_crs,
-        batch_size=auto_batch_size(card) if batch_size == "auto" else int(batch_size), block=int(block),
+        batch_size=resolve_batch_size(card, batch_size, int(block)), block=int(block),
         nodata_threshold=float(nodata_threshold), use_vhr=False, plan_seconds=time.perf_counter() - t0,
         precision=precision,
     )
