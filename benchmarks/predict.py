@@ -13,6 +13,10 @@ Reports, for the demo city of --city-km (generated once into $LCZMAP_CACHE/bench
   (GDALRasterizeLayers on the building index at 1 m), as output cells per second;
 - end_to_end_cells_per_s: `predict_city` without generation (planning, staging, inference, writing), called in
   this process with the model already loaded, as a warm worker runs it;
+- profile_one_core_seconds: where staging time goes, one core from cold files: seconds per source, for the AOI
+  mask and for masking and normalising (the blocks as prepare_block makes them); `staging_speedup` is that serial
+  time over staging's on all cores, `one_reader_per_file_bound` the most a file read by one thread at a time
+  allows (the floor's total over its slowest raster file);
 and the ratios the issue sets targets on: inference/bare, end-to-end cells/s x patches per cell / bare,
 (staging/cpus)/decode floor. Each figure comes from this one run (the machine may be shared and noisy).
 """
@@ -90,6 +94,42 @@ def bare(plan, seconds: float) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def profile(plan) -> dict[str, float]:
+    """One core, every block as prepare_block makes it, from cold files (no decoded block cached): seconds per
+    source read (summed over the blocks), for the AOI mask, and for masking, cutting and normalising
+    (tiling.BlockPatches); `cpu` is the process's CPU seconds meanwhile."""
+    import rasterio
+
+    from lczmap.sources.base import close_datasets
+
+    close_datasets()
+    grid, card = plan.grid, plan.card
+    seconds: dict[str, float] = {"aoi": 0.0, "mask_normalise": 0.0}
+    full = (plan.block - 1) * grid.factor + card.patch_size
+    cpu0 = time.process_time()
+    with rasterio.Env(GDAL_NUM_THREADS="1"):  # one core, as the floor
+        _profile_blocks(plan, full, seconds)
+    seconds["cpu"] = time.process_time() - cpu0
+    close_datasets()  # staging after this starts cold too
+    return {k: round(v, 3) for k, v in seconds.items()}
+
+
+def _profile_blocks(plan, full: int, seconds: dict[str, float]) -> None:
+    from lczmap.stage import read_chunk
+    from lczmap.tiling import BlockPatches
+
+    grid, card = plan.grid, plan.card
+    for rows, cols in grid.output_blocks(plan.block):
+        t0 = time.perf_counter()
+        in_aoi = plan.aoi_block(rows, cols)
+        seconds["aoi"] += time.perf_counter() - t0
+        if in_aoi.any():
+            block = read_chunk(plan.stage, *grid.window(rows, cols, card.patch_size), seconds=seconds)[list(plan.bands)]
+            t0 = time.perf_counter()
+            BlockPatches(block, card, grid.factor, plan.nodata_threshold, mask=in_aoi, pad_to=full)
+            seconds["mask_normalise"] += time.perf_counter() - t0
+
+
 def staging(plan) -> tuple[list, float]:
     """Every block prepared (read, masked, normalised) on all cores; the blocks and the seconds."""
     from lczmap.inference import prepare_block
@@ -115,19 +155,16 @@ def inference(plan, prepared: list) -> tuple[int, float]:
     return patches, time.perf_counter() - t0
 
 
-def decode_floor(plan) -> float:
-    """One core's seconds for GDAL alone: every source band file opened afresh (so decoded) and warped once over the
-    whole base grid, and every building burnt once at 1 m."""
+def decode_floor(plan) -> dict[str, float]:
+    """One core's seconds for GDAL alone, per file: every source band file opened afresh (so decoded) and warped once
+    over the whole base grid, and every building burnt once at 1 m."""
     import rasterio
 
-    box = plan.grid.base
-    t0 = time.perf_counter()
     with rasterio.Env(GDAL_NUM_THREADS="1"):  # one core: GDAL's JPEG 2000 decoder otherwise uses every core
-        _decode_once(plan, box)
-    return time.perf_counter() - t0
+        return _decode_once(plan, plan.grid.base)
 
 
-def _decode_once(plan, box) -> None:
+def _decode_once(plan, box) -> dict[str, float]:
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
@@ -135,19 +172,25 @@ def _decode_once(plan, box) -> None:
     from lczmap.sources.base import WARP_TOLERANCE
     from lczmap.sources.osm import INDEX_LAYER, SUPERSAMPLE, burn_layer
 
+    seconds: dict[str, float] = {}
     for source in plan.stage.sources:
+        t0 = time.perf_counter()
         if source.key == "osm":
             burn_layer(source.index, INDEX_LAYER, box, SUPERSAMPLE)
+            seconds[Path(source.index).name] = time.perf_counter() - t0
             continue
         for href in source.files():
             if not href.lower().endswith((".jp2", ".tif", ".tiff")):
                 continue
             nearest = source.key == "landcover" or "SCL" in Path(href).name
+            t0 = time.perf_counter()
             with rasterio.open(href) as src, WarpedVRT(
                 src, crs=box.crs.wkt, transform=box.affine, width=box.shape[1], height=box.shape[0],
                 resampling=Resampling.nearest if nearest else Resampling.bilinear, tolerance=WARP_TOLERANCE,
             ) as vrt:
                 vrt.read(1)
+            seconds[Path(href).name] = time.perf_counter() - t0
+    return seconds
 
 
 def end_to_end(city: Path, model: str, batch: int | str, precision: str) -> dict:
@@ -185,13 +228,18 @@ def main() -> None:
     cells = int(plan.aoi_mask.sum())
     print(f"{device_description()}; {args.city_km:g} km city, {cells} cells in the AOI, batch {plan.batch_size}, "
           f"{args.precision}", flush=True)
+    profile_s = profile(plan)
     prepared, staging_s = staging(plan)
     a1 = bare(plan, args.seconds / 2)
     patches, inference_s = inference(plan, prepared)
     a2 = bare(plan, args.seconds / 2)
     bare_rate = (a1 + a2) / 2  # before and after, so that drifting load affects both alike
     del prepared
-    floor_s = decode_floor(plan)
+    floor_files = decode_floor(plan)
+    floor_s = sum(floor_files.values())
+    # raster files are read by one thread at a time (one handle each, so each tile is decoded once per process);
+    # the building index is opened per block
+    slowest = max((f for f in floor_files if not f.endswith(".gpkg")), key=floor_files.get)
     e2e = end_to_end(city, model, batch, args.precision)
     cpus = os.cpu_count() or 1
     results = {
@@ -203,12 +251,18 @@ def main() -> None:
         "decode_floor_cells_per_s": round(cells / floor_s, 1),
         "end_to_end_cells_per_s": round(cells / e2e["seconds"], 1),
         "end_to_end_seconds": round(e2e["seconds"], 2), "end_to_end_stages": e2e["stages"],
+        "profile_one_core_seconds": profile_s, "staging_seconds": round(staging_s, 3),
+        "decode_floor_seconds": round(floor_s, 3),
+        "decode_floor_slowest_raster": slowest, "decode_floor_slowest_raster_seconds": round(floor_files[slowest], 3),
     }
     patches_per_cell = patches / cells
     results["ratios"] = {
         "inference/bare": round(results["inference_patches_per_s"] / bare_rate, 3),
         "end_to_end/bare": round(results["end_to_end_cells_per_s"] * patches_per_cell / bare_rate, 3),
         "staging_per_cpu/decode_floor": round(results["staging_cells_per_s"] / cpus / results["decode_floor_cells_per_s"], 3),
+        # how far staging on all cores gains over one thread, and the most that one reader per file at a time allows
+        "staging_speedup": round(sum(v for k, v in profile_s.items() if k != "cpu") / staging_s, 3),
+        "one_reader_per_file_bound": round(floor_s / floor_files[slowest], 3),
     }
     print(json.dumps(results, indent=2))
     if args.json:

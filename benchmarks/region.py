@@ -1,8 +1,9 @@
 """Benchmark regions on a dask.distributed cluster: client and worker peak memory for a 16 km and a 64 km region,
-seams (one grid vs four tiles), and throughput with 1 vs 2 worker processes.
+seams (one grid vs four tiles), and throughput by number of worker processes.
 
     python benchmarks/region.py                       # everything, in a temporary folder
     python benchmarks/region.py --work /tmp/region-bench --json region.json
+    python benchmarks/region.py --scaling-only --workers 1,2,4,8,16 --scaling-km 32   # throughput on a bigger machine
 
 Inputs: a 4 km demo city is generated once; its Sentinel-2 bands are converted to tiled GeoTIFFs and repeated on a
 grid by per-band VRTs (no pixel copies), so the region's AOI of any size has real L2A files under it. The model is a
@@ -10,9 +11,10 @@ narrow MSMLA-18 with random weights on 16 x 16 patches of the ten Sentinel-2 ban
 Each region is mapped by `lczmap.region.map_region` from a fresh client process that only talks to the cluster (it
 loads no model and reads no pixels), whose own peak RSS (VmHWM) is reported; worker peaks come from the workers after
 a restart of the cluster before each region. The seam check maps the demo city with the shipped model twice: as one
-grid and as a region of four tiles. Throughput is output cells per second of the 16 km region on a fresh cluster of
-1 and of 2 single-threaded worker processes, TensorFlow on one thread in each, after every worker has mapped one
-small tile (model loaded, first calls compiled).
+grid and as a region of four tiles. Throughput is output cells per second of the --scaling-km region (tiles of
+--scaling-tile-km) on a fresh cluster of each --workers number of single-threaded worker processes, the backend
+(TensorFlow or XLA) on one thread in each, after every worker has mapped one small tile (model loaded, first calls
+compiled).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def vmhwm_mb() -> float:
 
 # ---- inputs --------------------------------------------------------------------------------------
 
-def prepare(work: Path, region_km: float) -> dict:
-    """Demo city, repeated Sentinel-2 bands covering `region_km` plus margins, AOIs, city.yaml files and the model."""
+def prepare(work: Path, sizes_km: set[float]) -> dict:
+    """Demo city, repeated Sentinel-2 bands covering the largest size plus margins, AOIs and city.yaml files of each
+    size, and the model."""
     import rasterio
     import shapely
     from odc.geo.geom import Geometry
@@ -70,7 +73,7 @@ def prepare(work: Path, region_km: float) -> dict:
             w, h, t, crs, dtype, nodata = src.width, src.height, src.transform, src.crs, src.dtypes[0], src.nodata
         if origin is None:
             origin = (t.c, t.f, w * t.a, crs)
-        n = math.ceil((region_km * 1000 + 4000) / (w * t.a))
+        n = math.ceil((max(sizes_km) * 1000 + 4000) / (w * t.a))
         sources = "".join(
             f'<SimpleSource><SourceFilename relativeToVRT="1">../bands/{band}.tif</SourceFilename><SourceBand>1</SourceBand>'
             f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{i * w}" yOff="{j * h}" xSize="{w}" ySize="{h}"/>'
@@ -83,7 +86,7 @@ def prepare(work: Path, region_km: float) -> dict:
             f"</VRTRasterBand></VRTDataset>\n")
     x0, y0, _, crs = origin
     configs = {}
-    for km in sorted({16.0, region_km}):
+    for km in sorted(sizes_km):
         aoi = Geometry(shapely.box(x0 + 2000, y0 - 2000 - km * 1000, x0 + 2000 + km * 1000, y0 - 2000), crs)
         path = work / f"aoi{km:g}.geojson"
         path.write_text(json.dumps({"type": "FeatureCollection", "features": [
@@ -198,16 +201,23 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for inputs and outputs (default: a temporary one)")
     parser.add_argument("--region-km", type=float, default=64.0)
     parser.add_argument("--tile-km", type=float, default=32.0)
+    parser.add_argument("--workers", default="1,2", help="worker processes to measure throughput with (comma-separated)")
+    parser.add_argument("--scaling-km", type=float, default=16.0, help="the throughput region's size")
+    parser.add_argument("--scaling-tile-km", type=float, default=8.0, help="the throughput region's tile size")
+    parser.add_argument("--scaling-only", action="store_true", help="only the throughput (no memory or seam runs)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    workers = [int(n) for n in args.workers.split(",")]
     from lczmap.cluster import dask_client
 
     work = args.work or Path(tempfile.mkdtemp(prefix="lczmap-region-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    inputs = prepare(work, args.region_km)
-    results: dict = {"client_peak_rss_mb": {}, "worker_peak_rss_mb": {}, "seconds": {}, "tiles": {}, "cells_per_s": {}}
+    memory_sizes = set() if args.scaling_only else {16.0, args.region_km}
+    inputs = prepare(work, memory_sizes | {args.scaling_km})
+    results: dict = {"cpus": os.cpu_count(), "client_peak_rss_mb": {}, "worker_peak_rss_mb": {}, "seconds": {},
+                     "tiles": {}, "cells_per_s": {}}
     with dask_client(workers=2) as client:
-        for km, config in inputs["configs"].items():
+        for km, config in ((k, inputs["configs"][k]) for k in sorted(memory_sizes)):
             client.restart()  # fresh worker processes: their VmHWM is this region's
             warm(client)
             run = map_on(client, config, work / f"region{km:g}.tif", inputs["model"], args.tile_km)
@@ -220,29 +230,37 @@ def main() -> None:
             results["tiles"][label] = run["tiles"]
             print(f"{label}: {run['tiles']} tiles in {run['seconds']:.1f} s, client {run['client_peak_rss_mb']:.0f} MB, "
                   f"workers {worker_peaks(client)} MB", flush=True)
-    cells = 160 * 160  # the 16 km region's output cells
-    # One core per worker process for TensorFlow too (by default a lone worker's TensorFlow takes every core), so
-    # that the count of processes is the count of cores used, as scaling means it.
+    cells = round(args.scaling_km * 10) ** 2  # the throughput region's output cells
+    # One core per worker process for the backend too (by default a lone worker's TensorFlow or XLA takes every
+    # core), so that the count of processes is the count of cores used, as scaling means it.
     os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
-    for n in (1, 2):
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    config = inputs["configs"][args.scaling_km]
+    for n in workers:
         with dask_client(workers=n) as client:
-            warm(client, inputs["configs"][16.0], inputs["model"], work)
-            run = map_on(client, inputs["configs"][16.0], work / f"throughput{n}.tif", inputs["model"], 8.0)
+            warm(client, config, inputs["model"], work)
+            run = map_on(client, config, work / f"throughput{n}.tif", inputs["model"], args.scaling_tile_km)
         results["cells_per_s"][str(n)] = round(cells / run["seconds"], 1)
-        print(f"{n} worker(s): {cells / run['seconds']:.0f} cells/s ({run['tiles']} tiles of 8 km)", flush=True)
+        print(f"{n} worker(s): {cells / run['seconds']:.0f} cells/s ({run['tiles']} tiles of {args.scaling_tile_km:g} km)",
+              flush=True)
+    results["scaling_vs_1"] = {n: round(v / results["cells_per_s"][str(workers[0])], 3) for n, v in results["cells_per_s"].items()}
+    if args.scaling_only:
+        print(json.dumps(results, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return
     results["seam_agreement"] = round(seam_agreement(inputs["city"], work), 5)
     labels = list(results["client_peak_rss_mb"])
     big, small = labels[-1], labels[0]
     results["client_ratio"] = round(results["client_peak_rss_mb"][big] / results["client_peak_rss_mb"][small], 3)
-    results["scaling_2_vs_1"] = round(results["cells_per_s"]["2"] / results["cells_per_s"]["1"], 3)
+    results["scaling_2_vs_1"] = results["scaling_vs_1"].get("2")
     print()
     print(f"| measure | {' | '.join(labels)} |")
     print(f"|---|{'---:|' * len(labels)}")
     for key in ("client_peak_rss_mb", "worker_peak_rss_mb", "seconds", "tiles"):
         print(f"| {key} | {' | '.join(str(results[key][k]) for k in labels)} |")
-    print(f"client {big}/{small}: {results['client_ratio']}; cells/s 1 worker {results['cells_per_s']['1']}, "
-          f"2 workers {results['cells_per_s']['2']} (x{results['scaling_2_vs_1']}); seam agreement "
-          f"{results['seam_agreement']:.4%}; cores: {os.cpu_count()}")
+    print(f"client {big}/{small}: {results['client_ratio']}; cells/s by workers {results['cells_per_s']} "
+          f"(x{results['scaling_vs_1']}); seam agreement {results['seam_agreement']:.4%}; cores: {os.cpu_count()}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

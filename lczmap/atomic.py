@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +85,72 @@ def recover_aside(final: Path) -> None:
             os.replace(stale, final)
         else:
             _remove(stale)
+
+
+# A temporary's scratch folder of block files (`.NAME.<pid>.tmp.blocks`), cleaned with the temporaries once its process is gone.
+BLOCKS_SUFFIX = ".tmp.blocks"
+
+
+def blocks_folder(tmp: Path) -> Path:
+    """The scratch folder for the block files of the temporary `tmp` (`.NAME.<pid>.tmp`) of `atomic_files`."""
+    return tmp.with_name(tmp.name.removesuffix(".tmp") + BLOCKS_SUFFIX)
+
+
+def _journal(first: Path, pid: int) -> Path:
+    return first.with_name(f".{first.name}.{pid}.journal")
+
+
+def finish_interrupted(first: Path, paths: Iterable[Path]) -> None:
+    """Complete the renames of an `atomic_files` run killed after all its outputs were written; drop its other temporaries.
+
+    A journal (listing temporary -> final names, beside `first`, the set's first path) is written only once
+    every temporary is complete, so a journal of a dead process means: finish its renames, and the outputs
+    are again one run's set. Then the temporaries of `paths` and their `blocks_folder`s whose process is
+    gone, and a stale lock of `first`, are removed; a live process's are never touched.
+    """
+    from .locking import clear_stale_lock, pid_alive, stale_temporaries
+
+    first = Path(first)
+    for journal in first.parent.glob(f".{glob.escape(first.name)}.*.journal"):
+        pid = journal.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        try:
+            pairs = json.loads(journal.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pairs = []
+        for tmp, final in pairs:
+            if Path(tmp).parent == first.parent and Path(final).parent == first.parent and Path(tmp).exists():
+                os.replace(tmp, final)
+        journal.unlink(missing_ok=True)
+    for written in paths:
+        for stale in stale_temporaries(Path(written)) + stale_temporaries(Path(written), BLOCKS_SUFFIX):
+            _remove(stale)
+    clear_stale_lock(first)  # a killed run's lock file (a held one is left alone)
+
+
+@contextlib.contextmanager
+def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary names in the same folders; all renamed onto `paths` only when the block succeeds.
+
+    Under the lock of `paths[0]`. Once every temporary is complete a journal records the renames, so a kill
+    between two renames is completed by the next run (`finish_interrupted`): the outputs beside each other
+    always end up from one run. The summary JSON is renamed last, so a summary names a finished set.
+    """
+    from .locking import output_lock
+
+    with output_lock(paths[0]):
+        finish_interrupted(paths[0], paths)
+        tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
+        try:
+            yield tmps
+        except BaseException:
+            for t in tmps:
+                t.unlink(missing_ok=True)
+            raise
+        pairs = sorted(((t, p) for t, p in zip(tmps, paths) if t.exists()), key=lambda tp: tp[1].suffix == ".json")
+        journal = _journal(paths[0], os.getpid())
+        write_json_atomic(journal, {"files": [[str(t), str(p)] for t, p in pairs]})
+        for t, p in pairs:
+            os.replace(t, p)
+        journal.unlink()

@@ -4,8 +4,8 @@ Pipeline file (YAML; relative paths are relative to the pipeline file)::
 
     output_dir: out/              # required; created if missing
     model: msmla18-demo           # optional: a model name or folder (default: the shipped model)
-    resolution: 100               # optional predict options, for every city:
-    crs: EPSG:32652               #   resolution, crs, batch_size, filter, probabilities, nodata_threshold, vhr
+    resolution: 100               # optional predict options, for every city: resolution, crs, batch_size,
+    crs: EPSG:32652               #   filter, probabilities, nodata_threshold, vhr, composite, mask_snow
     cities:                       # required, a non-empty list
       - {name: seoul, config: cities/seoul/city.yaml}
       - {name: busan, config: cities/busan/city.yaml, resolution: 200}   # per-city options win
@@ -47,7 +47,8 @@ from typing import Any
 from . import __version__
 from .atomic import write_json_atomic
 from .card import DEFAULT_MODEL, load_card, sha256
-from .config import Key, check_bool, check_count, check_crs, check_mapping, check_resolution, check_share, check_text, read_yaml_mapping
+from .config import (Key, check_bool, check_composite, check_count, check_crs, check_mapping, check_resolution, check_share,
+                     check_text, read_yaml_mapping)
 from .errors import LczmapError
 from .locking import output_lock, stale_temporaries
 
@@ -64,11 +65,11 @@ OPTION_SCHEMA: dict[str, Key] = {
     "probabilities": Key(check_bool, "also write the class probabilities"),
     "nodata_threshold": Key(check_share, "largest share of missing pixels in a patch"),
     "vhr": Key(check_bool, "use the VHR stream of a DF4LCZ model"),
+    "composite": Key(check_composite, "how several Sentinel-2 products are combined per pixel: median or best"),
+    "mask_snow": Key(check_bool, "also treat SCL snow/ice as an invalid Sentinel-2 observation"),
 }
 PIPELINE_KEYS = {"output_dir", "cities", *OPTION_SCHEMA}
 CITY_KEYS = {"name", "config", *OPTION_SCHEMA}
-# Options that go to write_outputs; the others go to plan_city.
-WRITE_OPTIONS = {"filter": "filter", "probabilities": "probabilities_file"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

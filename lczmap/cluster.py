@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import LczmapError
@@ -177,6 +177,11 @@ def run_graph(array_or_graph: Any, keys: Sequence[Any] | None = None, *, client:
         if isinstance(array_or_graph, Mapping):
             return dask.threaded.get(dict(array_or_graph), list(keys or ()), num_workers=threads or os.cpu_count())
         return dask.compute(array_or_graph, scheduler="threads", num_workers=threads or os.cpu_count())[0]
+
+
+def graph_runner(client: Any, threads: int | None, progress: bool, desc: str = "tasks") -> Callable[[Any], Any]:
+    """Computes one dask object where `run_graph` puts it (`client`'s cluster, or local threads)."""
+    return lambda task: run_graph(task, client=client, threads=threads, progress=progress, desc=desc)
 
 
 def _on_client(client: Any, array_or_graph: Any, keys: Sequence[Any] | None, progress: bool) -> Any:

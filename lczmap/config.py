@@ -119,6 +119,15 @@ def check_bool(value: Any) -> bool:
     return value
 
 
+def check_composite(value: Any) -> str:
+    """How several Sentinel-2 products are combined: one of lczmap.sources.sentinel2.COMPOSITES (median, best)."""
+    from .sources.sentinel2 import COMPOSITES
+
+    if not isinstance(value, str) or value not in COMPOSITES:
+        raise ValueError(f"must be one of {', '.join(COMPOSITES)}")
+    return value
+
+
 def check_text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise ValueError("must be a non-empty string")

@@ -83,9 +83,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temporaries(path: Path) -> list[Path]:
-    """`.NAME.<pid>.tmp` files (or folders) beside `path` whose writing process is gone."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.tmp")
+def stale_temporaries(path: Path, suffix: str = ".tmp") -> list[Path]:
+    """`.NAME.<pid>.tmp` files (or folders; `.NAME.<pid><suffix>` for another suffix) beside `path` whose writing process is gone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+){re.escape(suffix)}")
     out = []
     if path.parent.is_dir():
         for entry in path.parent.iterdir():

@@ -266,6 +266,20 @@ def write_block(data: np.ndarray, path: str, box: GeoBox, rows: slice, cols: sli
     return block_areas(data[area_band], data[status_band], cell_areas_km2(sub))
 
 
+def write_blocks(stack: Any, box: GeoBox, folder: Path, run: Any, area_band: int) -> np.ndarray:
+    """Compute and write every block of `stack` as a small GeoTIFF in `folder`; the summed (status, code) areas."""
+    import dask
+
+    folder.mkdir()
+    starts = [np.cumsum((0, *c)) for c in stack.chunks[1:]]
+    tasks = []
+    for (_, i, j), block in np.ndenumerate(stack.to_delayed()):
+        rows = slice(int(starts[0][i]), int(starts[0][i + 1]))
+        cols = slice(int(starts[1][j]), int(starts[1][j + 1]))
+        tasks.append(dask.delayed(write_block, pure=False)(block, str(folder / f"b{i}_{j}.tif"), box, rows, cols, area_band))
+    return run(dask.delayed(np.sum)(tasks, axis=0))  # the reduction runs on the workers too
+
+
 def class_vrt(box: GeoBox, blocks: Sequence[tuple[str, slice, slice]], bands: Sequence[Band],
               tags: Mapping[str, str]) -> str:
     """A GDAL VRT joining the block files into one dataset, with descriptions, colours, class names and tags.

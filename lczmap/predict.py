@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +25,11 @@ from odc.geo.crs import CRS
 from . import __version__
 from .card import DEFAULT_MODEL, ModelCard, load_card, verify_weights
 from .classes import N_CLASSES, lcz_classes
-from .atomic import write_json_atomic
+from .atomic import atomic_files, blocks_folder, finish_interrupted
 from .config import PATH_KEYS, CityConfig, check_crs
 from .errors import LczmapError, OptionError, OutputError
 from .grid import CityGrid, city_grid
-from .locking import clear_stale_lock, output_lock, pid_alive, stale_temporaries
+from .locking import output_lock
 from .tiling import DEFAULT_NODATA_THRESHOLD, band_indices
 
 log = logging.getLogger(__name__)
@@ -319,7 +317,7 @@ def check_output(out: str | Path, config: CityConfig | None = None) -> Path:
 
     Runs before any work. Every file the run writes (map, probabilities, summary, quicklook, style) is
     compared with every input after resolving links; an output inside an input folder (a .SAFE) is refused
-    too. A run a kill interrupted while renaming its outputs is completed here (see `_atomic_files`).
+    too. A run a kill interrupted while renaming its outputs is completed here (see `lczmap.atomic.atomic_files`).
     """
     out = Path(out)
     if out.is_dir():
@@ -343,61 +341,8 @@ def check_output(out: str | Path, config: CityConfig | None = None) -> Path:
             for source, key in inputs.items():
                 if real == source or source in real.parents:
                     raise OutputError(f"--out {out}: would overwrite the city's {key} input {source}; write the map elsewhere")
-    _finish_interrupted(out)
+    finish_interrupted(out, output_paths(out).values())
     return out
-
-
-def _journal(out: Path, pid: int) -> Path:
-    return out.with_name(f".{out.name}.{pid}.journal")
-
-
-def _finish_interrupted(out: Path) -> None:
-    """Complete the renames of a run killed after all its outputs were written; drop its other temporaries.
-
-    A journal (listing temporary -> final names) is written only once every temporary is complete, so a
-    journal of a dead process means: finish its renames, and the outputs are again one run's set.
-    """
-    for journal in out.parent.glob(f".{glob.escape(out.name)}.*.journal"):
-        pid = journal.name.rsplit(".", 2)[-2]
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        try:
-            pairs = json.loads(journal.read_text())["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pairs = []
-        for tmp, final in pairs:
-            if Path(tmp).parent == out.parent and Path(final).parent == out.parent and Path(tmp).exists():
-                os.replace(tmp, final)
-        journal.unlink(missing_ok=True)
-    for written in output_paths(out).values():
-        for stale in stale_temporaries(written):
-            stale.unlink(missing_ok=True)
-    clear_stale_lock(out)  # a killed run's lock file (a held one is left alone)
-
-
-@contextlib.contextmanager
-def _atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
-    """Temporary names in the same folders; all renamed onto `paths` only when the block succeeds.
-
-    Under the output's lock. Once every temporary is complete a journal records the renames, so a kill
-    between two renames is completed by the next run (`check_output`): the outputs beside each other
-    always end up from one run. The summary JSON is renamed last, so a summary names a finished set.
-    """
-    with output_lock(paths[0]):
-        _finish_interrupted(paths[0])
-        tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
-        try:
-            yield tmps
-        except BaseException:
-            for t in tmps:
-                t.unlink(missing_ok=True)
-            raise
-        pairs = sorted(((t, p) for t, p in zip(tmps, paths) if t.exists()), key=lambda tp: tp[1].suffix == ".json")
-        journal = _journal(paths[0], os.getpid())
-        write_json_atomic(journal, {"files": [[str(t), str(p)] for t, p in pairs]})
-        for t, p in pairs:
-            os.replace(t, p)
-        journal.unlink()
 
 
 def write_outputs(
@@ -426,7 +371,8 @@ def write_outputs(
     """
     import dask.array as da
 
-    from .mosaic import class_stack, output_geobox, probability_stack, reproject_stack
+    from .cluster import graph_runner
+    from .mosaic import class_stack, output_geobox, probability_stack, reproject_stack, write_blocks
 
     out = check_output(out, plan.config)
     paths = output_paths(Path(out))
@@ -443,13 +389,13 @@ def write_outputs(
     wanted = ["map", "map_aux", "lcz3", "filled", "summary", "quicklook", "style", "lcz3_style"]
     wanted += ["probabilities"] if probabilities_file else []
     band = "lczFilter" if filter else "lcz"
-    with _atomic_files([paths[k] for k in wanted]) as tmps:
+    with atomic_files([paths[k] for k in wanted]) as tmps:
         tmp = dict(zip(wanted, tmps))
-        blocks_dir = tmp["map"].with_name(tmp["map"].name + ".blocks")
+        blocks_dir = blocks_folder(tmp["map"])
         try:
             t0 = time.perf_counter()
-            run = _runner(client, threads, progress)
-            areas = _write_blocks(stack, box, blocks_dir, run, area_band=1 if filter else 0)
+            run = graph_runner(client, threads, progress, desc="map blocks")
+            areas = write_blocks(stack, box, blocks_dir, run, area_band=1 if filter else 0)
             seconds["blocks"] = round(time.perf_counter() - t0, 3)
             t0 = time.perf_counter()
             _write_cogs(plan, box, blocks_dir, stack, tmp, filter, probabilities_file, run)
@@ -457,7 +403,8 @@ def write_outputs(
         finally:
             shutil.rmtree(blocks_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        _draw_quicklook(plan, tmp["map"], tmp["filled"], tmp["quicklook"], band)
+        draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], dates=_image_dates(plan), model=plan.card.name,
+                       title=f"{plan.config.name}: LCZ ({'filtered' if filter else 'raw'})")
         seconds["quicklook"] = round(time.perf_counter() - t0, 3)
         summary = _summary(plan, areas, band, box, paths, wanted, seconds, filter)
         tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
@@ -492,29 +439,6 @@ def _aoi_array(plan: PredictPlan) -> Any:
 
 def _aoi_block(plan: PredictPlan, rows: slice, cols: slice) -> np.ndarray:
     return plan.aoi_block(rows, cols).astype(np.float32)[None]
-
-
-def _runner(client: Any, threads: int | None, progress: bool):
-    """Computes one dask object where `run_graph` puts it (`client`'s cluster, or local threads)."""
-    from .cluster import run_graph
-
-    return lambda task: run_graph(task, client=client, threads=threads, progress=progress, desc="map blocks")
-
-
-def _write_blocks(stack: Any, box: Any, folder: Path, run: Any, area_band: int) -> np.ndarray:
-    """Compute and write every block of `stack` as a small GeoTIFF in `folder`; the summed (status, code) areas."""
-    import dask
-
-    from .mosaic import write_block
-
-    folder.mkdir()
-    starts = [np.cumsum((0, *c)) for c in stack.chunks[1:]]
-    tasks = []
-    for (_, i, j), block in np.ndenumerate(stack.to_delayed()):
-        rows = slice(int(starts[0][i]), int(starts[0][i + 1]))
-        cols = slice(int(starts[1][j]), int(starts[1][j + 1]))
-        tasks.append(dask.delayed(write_block, pure=False)(block, str(folder / f"b{i}_{j}.tif"), box, rows, cols, area_band))
-    return run(dask.delayed(np.sum)(tasks, axis=0))  # the reduction runs on the workers too
 
 
 def _write_cogs(plan: PredictPlan, box: Any, folder: Path, stack: Any, tmp: dict[str, Path], filter: bool,
@@ -562,7 +486,7 @@ def class_styles(filter: bool) -> dict[str, str]:
 
 def write_cogs(box: Any, folder: Path, chunks: Any, files: dict[str, tuple[list[Any], dict[str, str], str]],
                tmp: dict[str, Path], run: Any) -> None:
-    """Join the block files of `_write_blocks` (in `folder`, on `box` cut by `chunks`) into each COG of `files`.
+    """Join the block files of `lczmap.mosaic.write_blocks` (in `folder`, on `box` cut by `chunks`) into each COG of `files`.
 
     A VRT each, copied by GDAL where `run` runs; `tmp` maps each key of `files` (and `map_aux`) to its path.
     """
@@ -583,8 +507,10 @@ def write_cogs(box: Any, folder: Path, chunks: Any, files: dict[str, tuple[list[
     run(dask.delayed(tuple)(tasks))
 
 
-def _draw_quicklook(plan: PredictPlan, map_path: Path, status_path: Path, path: Path, band: str) -> None:
-    """The quicklook of the written map, read from its overviews (at most QUICKLOOK_CELLS across)."""
+def draw_quicklook(map_path: Path, status_path: Path, path: Path, *, title: str, model: str | None,
+                   dates: list[str] | tuple[str, ...] = ()) -> None:
+    """The quicklook of a written map (and its `_filled` status file), read from their overviews (at most
+    QUICKLOOK_CELLS across), so memory does not grow with the map."""
     import rasterio
     from odc.geo.geobox import GeoBox
 
@@ -596,8 +522,7 @@ def _draw_quicklook(plan: PredictPlan, map_path: Path, status_path: Path, path: 
         lcz = src.read(1, out_shape=shape)
         inside = status.read(1, out_shape=shape) > 0
         box = GeoBox(src.shape, src.transform, src.crs).zoom_to(shape)
-    quicklook(lcz, box, path, aoi_mask=inside, dates=_image_dates(plan), model=plan.card.name,
-              title=f"{plan.config.name}: LCZ ({'filtered' if band == 'lczFilter' else 'raw'})")
+    quicklook(lcz, box, path, aoi_mask=inside, dates=dates, model=model, title=title)
 
 
 def _image_dates(plan: PredictPlan) -> list[str]:

@@ -31,7 +31,7 @@ import numpy as np
 import shapely
 from odc.geo.geom import Geometry
 
-from .atomic import write_json_atomic
+from .atomic import atomic_files, blocks_folder, write_json_atomic
 from .config import CityConfig
 from .errors import LczmapError
 from .grid import to_lonlat
@@ -112,16 +112,38 @@ def zone_parts(aoi: Geometry) -> list[tuple[int, Any, Any]]:
     minx, miny, maxx, maxy = ll.bounds
     parts = []
     for k in range(math.floor((minx + 180) / 6), math.floor((maxx + 180) / 6) + 1):
-        west = -180 + 6 * k
-        zone = k % 60 + 1
-        for south, north, base in ((0.0, 84.0, 32600), (-80.0, 0.0, 32700)):
-            strip = shapely.box(west, south, west + 6, north)
+        for base in (32600, 32700):
+            epsg = base + k % 60 + 1
+            strip = shapely.box(*zone_strip(epsg))
             part = ll.intersection(strip)
             if not part.is_empty and part.area > 0:
-                parts.append((base + zone, part, strip))
+                parts.append((epsg, part, strip))
     if not parts:
         raise LczmapError("the AOI lies outside the UTM zones (80 S to 84 N); give a projected --crs for polar regions")
     return parts
+
+
+def zone_strip(epsg: int) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of the strip a UTM zone's EPSG code (326zz north, 327zz south) stands for."""
+    west = -180.0 + 6 * (epsg % 100 - 1)
+    south, north = (0.0, 84.0) if epsg < 32700 else (-80.0, 0.0)
+    return west, south, west + 6, north
+
+
+def in_zone_strip(box: Any, epsg: int) -> np.ndarray:
+    """(h, w) bool: the cells of GeoBox `box` whose centre lies in the zone's strip (west and south edges included).
+
+    Half-open, so a point on the edge of two strips belongs to one: counting each zone's cells with this
+    counts every place once, although tile cores overlap by a cell across a zone edge.
+    """
+    from pyproj import Transformer
+
+    h, w = box.shape
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    x, y = box.affine * (cols, rows)
+    lon, lat = Transformer.from_crs(box.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(x, y)
+    west, south, east, north = zone_strip(epsg)
+    return (lon >= west) & (lon < east) & (lat >= south) & (lat < north)
 
 
 def _to_zone(geom: Any, epsg: int) -> Any:
@@ -251,7 +273,7 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
 
     path = spec.tile_path(tile)
     if path.exists():
-        return {"id": tile.id, "skipped": True, "path": str(path), "areas": _tile_areas(path).tolist()}
+        return {"id": tile.id, "skipped": True, "path": str(path), "areas": _tile_areas(path, tile.epsg).tolist()}
     t0 = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.parent / f".{tile.id}.{os.getpid()}.tmp"
@@ -278,7 +300,8 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
             tags = src.tags()
         data[:, geometry_mask([shapely.from_wkt(tile.core_wkt)], out_shape=box.shape, transform=box.affine)] = 0
         rows, cols = slice(0, box.shape[0]), slice(0, box.shape[1])
-        areas = write_block(data, str(scratch / "b0_0.tif"), box, rows, cols, area_band=LCZ_FILTER)
+        write_block(data, str(scratch / "b0_0.tif"), box, rows, cols, area_band=LCZ_FILTER)
+        areas = _zone_areas(data, box, tile.epsg)
         bands = [Band(b + 1, name) for b, name in enumerate(TILE_BANDS)]  # no colour table: TIFF has none for 4 bands
         vrt = scratch / "tile.vrt"
         vrt.write_text(class_vrt(box, [("b0_0.tif", rows, cols)], bands, tags))
@@ -300,17 +323,25 @@ def _outer_window(exact: Any) -> Any:
                   math.ceil(exact.row_off + exact.height - 1e-6) - row)
 
 
-def _tile_areas(path: Path) -> np.ndarray:
-    """The (status, code) area table of a tile COG's delivered band (lczFilter), in km2 of its own cells."""
+def _tile_areas(path: Path, epsg: int) -> np.ndarray:
+    """The (status, code) area table of a tile COG (see `_zone_areas`)."""
     import rasterio
     from odc.geo.geobox import GeoBox
-
-    from .mosaic import LCZ_FILTER, STATUS, block_areas, cell_areas_km2
 
     with rasterio.open(path) as src:
         data = src.read()
         box = GeoBox(src.shape, src.transform, src.crs)
-    return block_areas(data[LCZ_FILTER], data[STATUS], cell_areas_km2(box))
+    return _zone_areas(data, box, epsg)
+
+
+def _zone_areas(data: np.ndarray, box: Any, epsg: int) -> np.ndarray:
+    """The (status, code) area table of a tile's delivered band (lczFilter), in km2 of its own cells, counting only
+    cells whose centre lies in its zone's strip: the one-cell overlap of the core across a zone edge (kept in the
+    tile so the mosaic has no gap) is the neighbouring zone's, and counted there."""
+    from .mosaic import LCZ_FILTER, STATUS, block_areas, cell_areas_km2
+
+    counted = in_zone_strip(box, epsg)
+    return block_areas(np.where(counted, data[LCZ_FILTER], 0), np.where(counted, data[STATUS], 0), cell_areas_km2(box))
 
 
 # ---- the mosaic ---------------------------------------------------------------------------------------
@@ -342,11 +373,12 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
 
     The mosaic: the tiles reprojected (nearest neighbour) block by block onto the mosaic grid by the city's
     blockwise writer (block GeoTIFFs, a VRT per file, copied to COGs by GDAL), so memory is a block's, not the
-    region's; its areas are those of the written grid. With `--tiles`: per zone, VRTs over the tile COGs
-    with the same bands, and areas of the tiles' cells.
+    region's; its areas are those of the written grid, and its quicklook is drawn from the COGs' overviews.
+    With `--tiles`: per zone, VRTs over the tile COGs with the same bands, and areas of the tiles' cells (each
+    place counted in one zone); no quicklook, as a figure of one zone would show only part of the region.
     """
     from .mosaic import area_method
-    from .predict import _atomic_files, class_files, class_styles, output_paths
+    from .predict import class_files, class_styles, draw_quicklook, output_paths
 
     spec, out = plan.spec, plan.out
     t0 = time.perf_counter()
@@ -360,17 +392,19 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
                    for suffix, path in _zone_paths(out.with_name(f"{out.stem}_{epsg}.tif")).items()}
         wanted = {**written, "summary": paths["summary"]}
     else:
-        wanted = {k: paths[k] for k in ("map", "map_aux", "lcz3", "filled", "style", "lcz3_style", "summary")}
+        wanted = {k: paths[k] for k in ("map", "map_aux", "lcz3", "filled", "quicklook", "style", "lcz3_style", "summary")}
     # Locked on the mosaic's name in both cases, so a --tiles run and a mosaic run of one --out never overlap.
     lock = [] if "map" in wanted else [out]
-    with _atomic_files([*lock, *wanted.values()]) as all_tmps:
+    with atomic_files([*lock, *wanted.values()]) as all_tmps:
         tmp = dict(zip(wanted, all_tmps[len(lock):]))
         if plan.tiles_output:
             areas = _write_zone_vrts(plan, results, files, tmp)
-            method = "cell size of the tiles' UTM grids"
+            method = "cell size of the tiles' UTM grids, each place counted in one zone (cell centres in its strip)"
         else:
             box, areas = _write_mosaic_cogs(plan, files, tmp)
             method = area_method(box)
+            draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], model=tags.get("model"),
+                           title=f"{spec.config.name}: LCZ ({'filtered' if spec.filter else 'raw'})")
             for key, text in class_styles(spec.filter).items():
                 tmp[key].write_text(text)
         seconds["mosaic"] = round(time.perf_counter() - t0, 3)
@@ -434,8 +468,9 @@ def _write_mosaic_cogs(plan: RegionPlan, files: dict[str, Any], tmp: dict[str, P
     """The tiles reprojected block by block onto the mosaic grid and written as the city's COGs; (grid, areas)."""
     import rasterio
 
-    from .mosaic import LCZ_FILTER, N_CLASS_BANDS
-    from .predict import _runner, _write_blocks, write_cogs
+    from .cluster import graph_runner
+    from .mosaic import LCZ_FILTER, N_CLASS_BANDS, write_blocks
+    from .predict import write_cogs
     from .stage import blockwise_array
 
     box = mosaic_geobox(plan)
@@ -447,10 +482,10 @@ def _write_mosaic_cogs(plan: RegionPlan, files: dict[str, Any], tmp: dict[str, P
     mosaic = _Mosaic(box=box, tiles=tuple(tiles))
     stack = blockwise_array(_mosaic_block, mosaic, f"lczmap-mosaic-{plan.spec.config.name}-{os.getpid()}", box.shape,
                             MOSAIC_BLOCK, N_CLASS_BANDS).astype(np.uint8)
-    run = _runner(None, None, False)  # threads here, or the worker's threads when the mosaic is a task on a cluster
-    folder = tmp["map"].with_name(tmp["map"].name + ".blocks")
+    run = graph_runner(None, None, False, desc="mosaic blocks")  # threads here, or the worker's threads on a cluster
+    folder = blocks_folder(tmp["map"])
     try:
-        areas = _write_blocks(stack, box, folder, run, area_band=LCZ_FILTER)
+        areas = write_blocks(stack, box, folder, run, area_band=LCZ_FILTER)
         write_cogs(box, folder, stack.chunks[1:], files, tmp, run)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

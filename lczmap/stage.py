@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,10 @@ def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", va
     )
 
 
-def read_chunk(plan: StagePlan, base_rows: slice, base_cols: slice, stats: dict[str, int] | None = None) -> np.ndarray:
-    """The (bands, h, w) float32 stack of one base-grid window, NaN = nodata; adds pixel counts to `stats` if given.
+def read_chunk(plan: StagePlan, base_rows: slice, base_cols: slice, stats: dict[str, int] | None = None,
+               seconds: dict[str, float] | None = None) -> np.ndarray:
+    """The (bands, h, w) float32 stack of one base-grid window, NaN = nodata; adds pixel counts to `stats` and each
+    source's read time to `seconds` (by source key; for profiles) if given.
 
     Each source window is read once; the Sentinel-2 composite is computed in the same read.
     """
@@ -123,7 +126,10 @@ def read_chunk(plan: StagePlan, base_rows: slice, base_cols: slice, stats: dict[
     extras: dict[str, np.ndarray] = {"aoi": _aoi_mask(plan, geobox)} if stats is not None else {}
     for source, pos in zip(plan.sources, plan.positions):
         if pos:
+            t0 = time.perf_counter()
             out[list(pos)] = source.read(geobox, extras)
+            if seconds is not None:
+                seconds[source.key] = seconds.get(source.key, 0.0) + time.perf_counter() - t0
     if VALID_COUNT in plan.bands:
         out[plan.bands.index(VALID_COUNT)] = extras.get("valid_count", 0)
     if stats is not None:

@@ -275,3 +275,30 @@ def test_warp_approximation_error_is_below_the_data_precision(config, monkeypatc
     assert changed.mean() < 0.002
     # Sentinel-2 (same UTM zone here): below one digital number (1e-4 reflectance).
     assert np.nanmax(np.abs(approx[2] - exact[2])) < 1e-4
+
+
+def test_auto_batch_size_is_capped_at_one_block(config, model):
+    """--batch-size auto: never more patches per call than a block has cells (a larger batch would be padding)."""
+    from lczmap.inference import CPU_BATCH, resolve_batch_size
+
+    card = plan_city(config, model, block=16).card
+    assert resolve_batch_size(card, "auto", 48) == CPU_BATCH  # this CPU: 256 < 48 x 48
+    assert resolve_batch_size(card, "auto", 8) == 64
+    assert resolve_batch_size(card, 512, 8) == 512  # a number is taken as given
+    assert plan_city(config, model, block=8, batch_size="auto").batch_size == 64
+
+
+def test_profiled_read_and_cold_files(plan):
+    """read_chunk adds each source's read time by key; close_datasets drops the idle handles (and their decoded
+    blocks) and the next read opens the files again, with the same values."""
+    from lczmap.stage import read_chunk
+
+    window = plan.grid.window(slice(0, 16), slice(0, 16), plan.card.patch_size)
+    seconds: dict[str, float] = {}
+    first = read_chunk(plan.stage, *window, seconds=seconds)
+    assert set(seconds) == {s.key for s, pos in zip(plan.stage.sources, plan.stage.positions) if pos}
+    assert all(v > 0 for v in seconds.values())
+    assert base._handles
+    base.close_datasets()
+    assert not base._handles
+    np.testing.assert_array_equal(read_chunk(plan.stage, *window), first)

@@ -507,7 +507,8 @@ def test_stage_over_an_existing_store_replaces_it_and_a_wrong_kind_partial_is_cl
 PREDICT_RENAMES = """
     import os, signal
     from pathlib import Path
-    from lczmap.predict import _atomic_files, output_paths
+    from lczmap.atomic import atomic_files
+    from lczmap.predict import output_paths
     out = Path({out!r})
     paths = [output_paths(out)[k] for k in ("map", "summary", "quicklook", "style")]
     calls, real = [0], os.replace
@@ -516,7 +517,7 @@ PREDICT_RENAMES = """
         if str(b).endswith({after!r}):
             os.kill(os.getpid(), signal.SIGKILL)
     os.replace = replace
-    with _atomic_files(paths) as tmps:
+    with atomic_files(paths) as tmps:
         for t in tmps:
             t.write_text("new")
         if {kill_while_writing}:

@@ -321,6 +321,14 @@ def _forget_handles() -> None:
 os.register_at_fork(after_in_child=_forget_handles)
 
 
+def close_datasets() -> None:
+    """Close every handle no thread is using, with the decoded blocks GDAL caches for it, so the next read of a
+    file decodes it afresh (a profile that must start cold; a long-lived worker done with a city's files)."""
+    with _handles_lock:
+        for key in [k for k, h in _handles.items() if h.users == 0]:
+            _handles.pop(key).dataset.close()
+
+
 @contextmanager
 def _dataset(href: str, wait: bool = True):
     """The process's open handle on `href`, used by one thread at a time (None when `wait` is False and it is taken).
