@@ -9,6 +9,7 @@ command-line options use, so a value means the same from either place.
 from __future__ import annotations
 
 import math
+import os
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -48,6 +49,12 @@ class CityConfig:
 
 
 # ---- value rules, shared by YAML keys and click options (each raises ValueError with the reason) ----
+
+def cache_root() -> Path:
+    """Where lczmap keeps what it can make again (the demo city, compiled networks): $LCZMAP_CACHE, else
+    ~/.cache/lczmap."""
+    return Path(os.environ.get("LCZMAP_CACHE") or Path.home() / ".cache" / "lczmap")
+
 
 def check_resolution(value: Any) -> float:
     """An output cell size in metres: a finite number > 0 that is a whole multiple of the 10 m base grid."""

@@ -62,6 +62,7 @@ def cached_model(card: ModelCard, s2_stream: bool = False, precision: str = "flo
             from .nets.df4lcz import S2_NAME
 
             log.debug("loading model %s (%s) in this process: %s", card.name, precision, device_description())
+            keep_compiled_networks()
             previous = keras.config.dtype_policy()
             keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
             try:
@@ -70,6 +71,32 @@ def cached_model(card: ModelCard, s2_stream: bool = False, precision: str = "flo
                 keras.config.set_dtype_policy(previous)
             _models[key] = (model.get_layer(S2_NAME) if s2_stream else model, threading.Lock())
         return _models[key]
+
+
+@functools.cache
+def keep_compiled_networks() -> None:
+    """On JAX, keep compiled networks across processes in config.cache_root()/jax: a later run of a model at the same
+    batch shape loads XLA's code instead of compiling it again (a cold `lczmap predict` of a 4 km city on JAX on
+    this project's 2-core CPU: 21.5 -> 12.8 s). A user's own JAX_COMPILATION_CACHE_DIR wins; a folder that cannot
+    be made leaves the cache off."""
+    import keras
+
+    if keras.backend.backend() != "jax" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    from .config import cache_root
+
+    folder = cache_root() / "jax"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.debug("no compilation cache: %s: %s", folder, exc.strerror)
+        return
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        # JAX keeps only compilations over 1 s by default; a CPU compiles many parts of a network in less
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def plan_model(plan: PredictPlan) -> tuple[Any, threading.Lock]:

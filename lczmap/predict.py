@@ -128,10 +128,11 @@ class PredictPlan:
 
 
 def demo_city(cache: str | Path | None = None) -> Path:
-    """city.yaml of the demo city, generated on first use into `cache` ($LCZMAP_CACHE or ~/.cache/lczmap)/demo-city."""
+    """city.yaml of the demo city, generated on first use into `cache` (default config.cache_root())/demo-city."""
+    from .config import cache_root
     from .demo import CITY_YAML, generate
 
-    root = Path(cache or os.environ.get("LCZMAP_CACHE") or Path.home() / ".cache" / "lczmap")
+    root = Path(cache) if cache else cache_root()
     folder = root / "demo-city"
     if not (folder / CITY_YAML).exists():
         log.info("generating the demo city (seed %d, %g km) into %s, once", DEMO_SEED, DEMO_SIZE_KM, folder)

@@ -302,3 +302,24 @@ def test_profiled_read_and_cold_files(plan):
     base.close_datasets()
     assert not base._handles
     np.testing.assert_array_equal(read_chunk(plan.stage, *window), first)
+
+
+KEEP_CHECK = """
+import sys
+import numpy as np
+from lczmap.card import load_card
+from lczmap.inference import cached_model
+card = load_card(sys.argv[1])
+model, _ = cached_model(card)
+model.predict_on_batch(np.zeros((4, *card.input_shape), "float32"))
+"""
+
+
+def test_jax_keeps_compiled_networks_in_the_cache(model, tmp_path):
+    """On JAX a loaded network's compilations are kept under $LCZMAP_CACHE/jax for the next process."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "LCZMAP_CACHE": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    done = subprocess.run([sys.executable, "-c", KEEP_CHECK, str(model)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert any(p.is_file() for p in (tmp_path / "jax").rglob("*"))
