@@ -55,6 +55,8 @@ from .locking import output_lock, stale_temporaries
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# How long a city task waits for another process still writing the same city (see map_city) before it fails.
+ORPHAN_WAIT_S = 1800.0
 # Predict options a pipeline may set globally or per city, checked by the same rules as the command-line options.
 OPTION_SCHEMA: dict[str, Key] = {
     "model": Key(check_text, "a model name or folder"),
@@ -201,7 +203,10 @@ def map_city(job: CityJob, output_dir: Path) -> dict[str, Any]:
     from .predict import predict_city
 
     tif = Path(output_dir) / f"{job.name}.tif"
-    summary = predict_city(load_city_config(job.config, name=job.name), tif, progress=False, **job.options)
+    # A task of an earlier run whose client was stopped may still be writing this city on the cluster (a running
+    # task cannot be cancelled): wait for it, then map the city again, as that run's manifest never recorded it.
+    with output_lock(tif, wait=ORPHAN_WAIT_S):
+        summary = predict_city(load_city_config(job.config, name=job.name), tif, progress=False, **job.options)
     return {"status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
             "options": job.fingerprint(), "seconds": summary.get("seconds", {}), "finished": _now()}
 

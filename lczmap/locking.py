@@ -1,7 +1,8 @@
 """One writer per output: an fcntl lock file beside it, and the clean-up of temporaries whose writer is gone.
 
 `output_lock(path)` holds `.NAME.lock` (an exclusive, non-blocking `flock`) for as long as a run writes
-`path`; a second run on the same output stops at once with `Error: <path>: being written by process N`.
+`path`; a second run on the same output stops at once with `Error: <path>: being written by process N`
+(or, given `wait`, waits up to that many seconds for the holder to finish first).
 The kernel drops the lock when its process dies, so a `kill -9` never leaves a stale lock behind.
 Temporaries are named `.NAME.<pid>.tmp` (lczmap.atomic, predict, stage); `stale_temporaries` finds those
 whose process no longer runs, so a later run can remove them without touching a live run's files.
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import OutputBusyError, OutputError
 
+log = logging.getLogger(__name__)
 
 def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
@@ -27,8 +31,11 @@ _held: dict[Path, int] = {}  # locks this process holds, so a nested output_lock
 
 
 @contextlib.contextmanager
-def output_lock(path: str | Path) -> Iterator[Path]:
-    """Hold the exclusive lock on output `path` (file or folder) while the block runs (re-entrant per process)."""
+def output_lock(path: str | Path, wait: float = 0.0) -> Iterator[Path]:
+    """Hold the exclusive lock on output `path` (file or folder) while the block runs (re-entrant per process).
+
+    `wait`: seconds to wait for another holder to finish before giving up (OutputBusyError); 0 gives up at once.
+    """
     path = Path(path)
     key = path.absolute()
     if key in _held:
@@ -39,6 +46,8 @@ def output_lock(path: str | Path) -> Iterator[Path]:
             _held[key] -= 1
         return
     lock = lock_path(path)
+    deadline = time.monotonic() + wait
+    waiting = False
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,6 +58,12 @@ def output_lock(path: str | Path) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            if time.monotonic() < deadline:
+                if not waiting:
+                    log.info("%s: being written by process %s; waiting for it to finish (up to %.0f s)", path, holder, wait)
+                    waiting = True
+                time.sleep(0.5)
+                continue
             raise OutputBusyError(f"{path}: being written by process {holder} (wait for it, or stop it first)") from None
         # The previous holder unlinks the file on release: make sure we locked the file that is still there.
         try:

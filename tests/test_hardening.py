@@ -541,6 +541,26 @@ def test_kill_during_predicts_renames_leaves_one_runs_set(tmp_path, after, kill_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in finals)  # no temporaries, no journal
 
 
+def test_a_writer_given_time_waits_for_the_holder_to_finish(tmp_path):
+    """output_lock(wait=...) (a batch city task after an orphaned task of a stopped run): it gets the lock once the
+    holder is done, and still gives up with the holder's pid when the wait runs out first."""
+    from lczmap.locking import output_lock
+
+    out, done = tmp_path / "lcz.tif", tmp_path / "holder-done"
+    code = (f"import time, pathlib; from lczmap.locking import output_lock\nwith output_lock({str(out)!r}):\n"
+            f"    print('held', flush=True); time.sleep(1.5); pathlib.Path({str(done)!r}).touch()")
+    holder = subprocess.Popen([PYTHON, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputBusyError, match=f"being written by process {holder.pid}"), output_lock(out, wait=0.2):
+            pass
+        with output_lock(out, wait=60):
+            assert done.exists()  # the holder finished (it touches the file before letting go)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     from lczmap.locking import output_lock
 
