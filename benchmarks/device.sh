@@ -11,7 +11,7 @@
 # runs out of time still returns the ones before it. Sizes: DEVICE_CITY_KMS (default "8 16"); for a dry run on
 # any machine: OUT=/tmp/out DEVICE_CITY_KMS=3 SITE=/tmp/site bash benchmarks/device.sh measure.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-/tmp/lczmap-device-out}
 CITY_KMS=${DEVICE_CITY_KMS:-8 16}
@@ -47,17 +47,21 @@ case "${1:-}" in
 wheels)  # here: download the EXTRA wheels for the machine's Python 3.12 into .whl-c (git-ignored)
   grep -qx '/.whl-c/' .git/info/exclude 2>/dev/null || echo '/.whl-c/' >> .git/info/exclude
   mkdir -p .whl-c
+  wheels=()
+  for pair in $EXTRA; do wheels+=("${pair#*=}"); done
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl-c $(for pair in $EXTRA; do echo "${pair#*=}"; done)
+    -d .whl-c "${wheels[@]}"
   du -sh .whl-c ;;
 install)  # call 1: .whl-a, then what of .whl-c the machine lacks
   install .whl-a/*.whl
+  shopt -s nocaseglob
   for pair in $EXTRA; do
     module=${pair%%=*} wheel=${pair#*=}
     "$PY" -c "import $module" 2>/dev/null && continue
-    file=$(ls .whl-c/ | grep -i "^${wheel//-/_}-" | head -1)
-    [ -n "$file" ] && install ".whl-c/$file" && echo "installed $file"
+    for file in .whl-c/"${wheel//-/_}"-*.whl; do
+      [ -e "$file" ] && install "$file" && echo "installed ${file#.whl-c/}"
+    done
   done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
   "$PY" -c "import jax; print(jax.devices())" >> "$OUT/gpu.txt" 2>&1
