@@ -1,11 +1,20 @@
-"""Score an LCZ map against reference polygons or a reference raster (LCZ Generator bootstrap), or a model on a patch dataset."""
+"""Score an LCZ map against reference polygons or a reference raster (LCZ Generator bootstrap), or a model on a patch dataset.
+
+A map is evaluated window by window (`WINDOW` cells a side): each window's codes, the reference brought onto it
+and its part of the agreement map live only while the window is processed, and what is kept is a 17x17 confusion
+matrix (raster reference) or a count table per polygon, so memory does not grow with the map.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -28,26 +37,68 @@ AGREEMENT: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     3: ("class in the map only (reference has none)", (189, 189, 189, 255)),
     4: ("class in the reference only (map has none)", (99, 99, 99, 255)),
 }
+AGREEMENT_BLOCK = 256  # internal tile size of the agreement GeoTIFF
 DEFAULT_DRAWS = 25
 TEST_FRACTION = 0.3
+WINDOW = 512  # map cells a side of one evaluation window (a multiple of AGREEMENT_BLOCK: whole tiles are written)
+# A finer reference raster is read at most about this many of its cells a side per window (the window shrinks).
+REFERENCE_WINDOW = 2048
+# Reference cells added around a window's footprint: every map cell of the window sees all of its reference cells.
+REFERENCE_PAD = 2
+
+
+def draw_size(n: int, fraction: float) -> int:
+    """Test units drawn from a class of n units: `fraction` of them, at least one."""
+    return max(1, round(fraction * n))
 
 
 @dataclass(frozen=True)
-class Samples:
-    """Reference samples as units (polygons, or single pixels) with the map's classes inside them."""
+class PolygonSamples:
+    """Reference polygons with the map's classes inside them: the bootstrap draws whole polygons."""
 
-    labels: np.ndarray  # (units,) reference code 1..17
-    # polygons: (units, 17) map pixels of each predicted class inside the unit; pixels: (units,) the map's code
-    counts: np.ndarray
-    unit: str  # "polygon" or "pixel"
+    labels: np.ndarray  # (polygons,) reference code 1..17
+    counts: np.ndarray  # (polygons, 17) map pixels of each predicted class inside the polygon
+    unit: ClassVar[str] = "polygon"
 
     def confusion(self, units: np.ndarray | slice = slice(None)) -> np.ndarray:
-        labels, counts = self.labels[units] - 1, self.counts[units]
-        if counts.ndim == 1:  # one pixel per unit: a flat bincount, fast for a whole map's pixels
-            return np.bincount(labels * N_CLASSES + counts - 1, minlength=N_CLASSES * N_CLASSES).reshape(N_CLASSES, N_CLASSES)
         cm = np.zeros((N_CLASSES, N_CLASSES), np.int64)
-        np.add.at(cm, labels, counts)
+        np.add.at(cm, self.labels[units] - 1, self.counts[units])
         return cm
+
+    def classes(self) -> np.ndarray:
+        return np.unique(self.labels)
+
+    def test_confusions(self, draws: int, fraction: float, seed: int) -> Iterator[np.ndarray]:
+        for test in stratified_test_draws(self.labels, draws, fraction, seed):
+            yield self.confusion(test)
+
+
+@dataclass(frozen=True)
+class PixelSamples:
+    """Map pixels with a reference class, as their confusion matrix: the bootstrap draws pixels."""
+
+    cm: np.ndarray  # (17, 17) pixels per reference class (rows) and map class (columns)
+    unit: ClassVar[str] = "pixel"
+
+    def confusion(self) -> np.ndarray:
+        return self.cm
+
+    def classes(self) -> np.ndarray:
+        return np.flatnonzero(self.cm.sum(axis=1)) + 1
+
+    def test_confusions(self, draws: int, fraction: float, seed: int) -> Iterator[np.ndarray]:
+        """Per draw, `draw_size` pixels of each reference class without replacement, as a confusion matrix.
+
+        Which pixels are drawn does not matter, only how many of each map class: drawing k of a class's n pixels
+        without replacement is a multivariate hypergeometric draw of k from its confusion-matrix row.
+        """
+        rng = np.random.default_rng(seed)
+        rows = self.cm.sum(axis=1)
+        for _ in range(draws):
+            cm = np.zeros_like(self.cm)
+            for c in np.flatnonzero(rows):
+                cm[c] = rng.multivariate_hypergeometric(self.cm[c], draw_size(int(rows[c]), fraction))
+            yield cm
 
 
 def select_band(ds, band: str | int | None, path: Path) -> int:
@@ -80,90 +131,183 @@ def _open_raster(path: Path):
         raise LczmapError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
 
 
+class LczBand:
+    """One band of an LCZ map, open and read window by window as uint8 codes 1-17, 0 where the map has no class.
+
+    Any integer or float type; the band's nodata (-999, -1, 255, NaN ...) and every value that is not a class
+    (1-17, or 101-107 for A-G) read as 0; `info` lists up to ten such values that were not nodata (the lowest
+    of those in the windows read so far).
+    """
+
+    def __init__(self, path: Path, band: str | int | None = None):
+        self.path = path
+        self.ds = _open_raster(path)
+        try:
+            self.index = select_band(self.ds, band, path)
+            if self.ds.crs is None:
+                raise LczmapError(f"{path}: raster has no CRS")
+        except BaseException:
+            self.ds.close()
+            raise
+        self.transform, self.crs, self.shape = self.ds.transform, self.ds.crs, (self.ds.height, self.ds.width)
+        self._without_class: list[Any] = []
+
+    def __enter__(self) -> LczBand:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ds.close()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        i = self.index - 1
+        return {"index": self.index, "description": self.ds.descriptions[i], "dtype": self.ds.dtypes[i],
+                "nodata": self.ds.nodata, "values_without_class": list(self._without_class)}
+
+    def read(self, window: Any = None) -> np.ndarray:
+        data = self.ds.read(self.index, window=window, masked=True)
+        values = np.ma.getdata(data)
+        valid = ~np.ma.getmaskarray(data)
+        if not np.issubdtype(values.dtype, np.integer):
+            valid &= np.isfinite(values) & (values == np.round(values))
+            values = np.where(valid, values, 0)
+        codes = normalise_codes(values.astype(np.int64))
+        is_class = valid & (codes >= 1) & (codes <= N_CLASSES)
+        odd = np.unique(values[valid & ~is_class])[:10].tolist()
+        if odd:
+            self._without_class = sorted(set(self._without_class) | set(odd))[:10]
+        return np.where(is_class, codes, 0).astype(np.uint8)
+
+
 def read_lcz_band(path: Path, band: str | int | None = None) -> tuple[np.ndarray, Any, Any, dict[str, Any]]:
-    """(uint8 codes 1-17, 0 where the map has no class; transform; crs; band info) of an LCZ map.
+    """(uint8 codes 1-17, 0 where the map has no class; transform; crs; band info) of a whole LCZ map (see LczBand)."""
+    with LczBand(path, band) as lcz:
+        return lcz.read(), lcz.transform, lcz.crs, lcz.info
 
-    Any integer or float type; the band's nodata (-999, -1, 255, NaN ...) and every value that is not a
-    class (1-17, or 101-107 for A-G) read as 0; the info lists up to ten such values that were not nodata.
+
+class PolygonReference:
+    """Reference polygons, rasterised window by window onto the map's grid; counts the map's classes per polygon.
+
+    Polygons are reprojected to the map's CRS; a map pixel belongs to a polygon holding its centre, and where
+    polygons overlap, the later one in the file owns the pixel.
     """
-    with _open_raster(path) as ds:
-        index = select_band(ds, band, path)
-        data = ds.read(index, masked=True)
-        info = {"index": index, "description": ds.descriptions[index - 1], "dtype": ds.dtypes[index - 1], "nodata": ds.nodata}
-        transform, crs = ds.transform, ds.crs
-    if crs is None:
-        raise LczmapError(f"{path}: raster has no CRS")
-    values = np.ma.getdata(data)
-    valid = ~np.ma.getmaskarray(data)
-    if not np.issubdtype(values.dtype, np.integer):
-        valid &= np.isfinite(values) & (values == np.round(values))
-        values = np.where(valid, values, 0)
-    codes = normalise_codes(values.astype(np.int64))
-    is_class = valid & (codes >= 1) & (codes <= N_CLASSES)
-    info["values_without_class"] = np.unique(values[valid & ~is_class])[:10].tolist()
-    return np.where(is_class, codes, 0).astype(np.uint8), transform, crs, info
+
+    def __init__(self, path: Path, column: str | None, crs: Any):
+        self.path = path
+        self.frame, self.codes = read_reference(path, column, crs)
+        self.geoms = list(self.frame.geometry)
+        self.class_of_id = np.concatenate([[0], self.codes]).astype(np.uint8)
+        self.counts = np.zeros((len(self.frame), N_CLASSES), np.int64)
+
+    def window_side(self, window: int) -> int:
+        return window
+
+    def update(self, map_codes: np.ndarray, transform: Any) -> np.ndarray:
+        """Count the window's map pixels per polygon; the reference class of each of its cells (0 outside polygons)."""
+        from rasterio.features import rasterize
+        from shapely.geometry import box
+
+        h, w = map_codes.shape
+        xs, ys = transform * (np.array([0, w, w, 0]), np.array([0, 0, h, h]))  # the window's corners
+        hits = np.sort(self.frame.sindex.query(box(min(xs), min(ys), max(xs), max(ys))))
+        if not len(hits):
+            return np.zeros(map_codes.shape, np.uint8)
+        # Burnt in file order, so the later of two overlapping polygons owns the pixel.
+        ids = rasterize(((self.geoms[i], i + 1) for i in hits), out_shape=map_codes.shape, transform=transform,
+                        fill=0, dtype="int32")
+        valid = (ids > 0) & (map_codes > 0)
+        flat = (ids[valid] - 1).astype(np.int64) * N_CLASSES + map_codes[valid] - 1
+        self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
+        return self.class_of_id[ids]
+
+    def result(self) -> tuple[PolygonSamples, dict[str, Any]]:
+        used = self.counts.sum(axis=1) > 0
+        if not used.any():
+            raise LczmapError(f"{self.path}: no reference polygon covers a mapped pixel of the map (check the area and the CRS)")
+        if not used.all():
+            log.warning("%s: %d of %d polygons contain no mapped pixel centre and are left out", self.path, (~used).sum(), len(used))
+        info = {"n_polygons": int(len(self.frame)), "n_polygons_used": int(used.sum()),
+                "n_polygons_without_pixels": int((~used).sum()), "n_pixels": int(self.counts.sum()),
+                "class_source": self.frame.attrs["class_source"], "suspicious_reference": self.frame.attrs["suspicious"]}
+        return PolygonSamples(self.codes[used], self.counts[used]), info
 
 
-def polygon_samples(map_codes: np.ndarray, transform, crs, reference: Path, column: str | None
-                    ) -> tuple[Samples, np.ndarray, dict[str, Any]]:
-    """Per polygon: its class and the map pixels (centre inside the polygon) of each predicted class; and the
-    reference class of every map pixel (0 outside the polygons).
+class RasterReference:
+    """A reference LCZ map brought onto windows of the map's grid; counts the confusion matrix.
 
-    Polygons are reprojected to the map's CRS; where polygons overlap, the later one in the file owns the pixel.
+    Where the reference's cells are finer than the map's (compared in the map's CRS), each map cell takes the
+    majority class of the reference cells whose centres fall in it; otherwise, and for map cells holding no
+    reference cell centre, the nearest reference cell. Per window only the reference cells around the window's
+    footprint are read.
     """
-    from rasterio.features import rasterize
 
-    frame, codes = read_reference(reference, column, crs)
-    ids = rasterize(
-        ((geom, i + 1) for i, geom in enumerate(frame.geometry)), out_shape=map_codes.shape,
-        transform=transform, fill=0, dtype="int32",
-    )
-    valid = (ids > 0) & (map_codes > 0)
-    counts = np.zeros((len(frame), N_CLASSES), np.int64)
-    np.add.at(counts, (ids[valid] - 1, map_codes[valid].astype(np.int64) - 1), 1)
-    used = counts.sum(axis=1) > 0
-    if not used.any():
-        raise LczmapError(f"{reference}: no reference polygon covers a mapped pixel of the map (check the area and the CRS)")
-    if not used.all():
-        log.warning("%s: %d of %d polygons contain no mapped pixel centre and are left out", reference, (~used).sum(), len(used))
-    on_map = np.where(ids > 0, np.concatenate([[0], codes])[ids], 0).astype(np.uint8)
-    info = {"n_polygons": int(len(frame)), "n_polygons_used": int(used.sum()),
-            "n_polygons_without_pixels": int((~used).sum()), "n_pixels": int(counts.sum()),
-            "class_source": frame.attrs["class_source"], "suspicious_reference": frame.attrs["suspicious"]}
-    return Samples(codes[used], counts[used], "polygon"), on_map, info
+    def __init__(self, band: LczBand, map_transform: Any, map_crs: Any):
+        from rasterio.warp import calculate_default_transform
 
+        self.band, self.map_crs = band, map_crs
+        ds = band.ds
+        on_map_crs, _, _ = calculate_default_transform(band.crs, map_crs, ds.width, ds.height, *ds.bounds)
+        # Reference cells per map cell along a side.
+        self.ratio = math.sqrt(abs(map_transform.determinant) / abs(on_map_crs.determinant))
+        self.finer = self.ratio > 1
+        self.cm = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+        self.n_map_only = self.n_reference_only = 0
 
-def raster_samples(map_codes: np.ndarray, transform, crs, reference: Path, band: str | int | None
-                   ) -> tuple[Samples, np.ndarray, dict[str, Any]]:
-    """Each map pixel with a reference class; and the reference class of every map pixel.
+    def window_side(self, window: int) -> int:
+        """`window`, made smaller where the reference is so fine that its part would exceed REFERENCE_WINDOW."""
+        side = max(1, min(window, int(REFERENCE_WINDOW / self.ratio)))
+        return side - side % AGREEMENT_BLOCK if side > AGREEMENT_BLOCK else side
 
-    The reference map is brought onto the map's grid: where its cells are finer than the map's (compared
-    in the map's CRS), each map cell takes the majority class of the reference cells whose centres fall in
-    it; otherwise, and for map cells holding no reference cell centre, the nearest reference cell.
-    """
-    from rasterio.transform import array_bounds
-    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    def _footprint(self, shape: tuple[int, int], transform: Any) -> Any:
+        """The reference window covering a map window (its outline transformed, padded), or None if off the reference."""
+        from rasterio.warp import transform as transform_xy
+        from rasterio.windows import Window
 
-    ref, ref_transform, ref_crs, info = read_lcz_band(reference, band)
-    ref_on_map_crs, _, _ = calculate_default_transform(ref_crs, crs, ref.shape[1], ref.shape[0],
-                                                       *array_bounds(*ref.shape, ref_transform))
-    finer = abs(ref_on_map_crs.determinant) < abs(transform.determinant)
-    on_map = np.zeros(map_codes.shape, np.uint8)
-    reproject(ref, on_map, src_transform=ref_transform, src_crs=ref_crs, src_nodata=0, dst_transform=transform,
-              dst_crs=crs, dst_nodata=0, resampling=Resampling.nearest)
-    if finer:
-        majority = majority_on_grid(ref, ref_transform, ref_crs, map_codes.shape, transform, crs)
-        on_map = np.where(majority > 0, majority, on_map)
-    valid = (on_map > 0) & (map_codes > 0)
-    if not valid.any():
-        raise LczmapError(f"{reference}: the reference raster has no class pixels where the map has classes")
-    samples = Samples(on_map[valid].astype(np.int64), map_codes[valid].astype(np.int64), "pixel")
-    return samples, on_map, {
-        "reference_band": info, "reference_crs": str(ref_crs),
-        "reference_resampling": "majority of finer reference cells" if finer else "nearest",
-        "n_pixels": int(valid.sum()), "n_map_only": int(((map_codes > 0) & (on_map == 0)).sum()),
-        "n_reference_only": int(((map_codes == 0) & (on_map > 0)).sum()),
-    }
+        t = np.linspace(0, 1, 21)
+        h, w = shape
+        cols = np.concatenate([t * w, np.full_like(t, w), t * w, np.zeros_like(t)])
+        rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), t * h])
+        xs, ys = transform_xy(self.map_crs, self.band.crs, *(transform * (cols, rows)))
+        c, r = ~self.band.transform * (np.asarray(xs), np.asarray(ys))
+        ok = np.isfinite(c) & np.isfinite(r)
+        if not ok.any():
+            return None
+        height, width = self.band.shape
+        c0, c1 = max(0, math.floor(c[ok].min()) - REFERENCE_PAD), min(width, math.ceil(c[ok].max()) + REFERENCE_PAD)
+        r0, r1 = max(0, math.floor(r[ok].min()) - REFERENCE_PAD), min(height, math.ceil(r[ok].max()) + REFERENCE_PAD)
+        return Window(c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
+
+    def update(self, map_codes: np.ndarray, transform: Any) -> np.ndarray:
+        """Add the window to the confusion matrix; the reference class of each of its cells (0: none)."""
+        from rasterio.warp import Resampling, reproject
+
+        on_map = np.zeros(map_codes.shape, np.uint8)
+        window = self._footprint(map_codes.shape, transform)
+        if window is not None:
+            ref, ref_transform = self.band.read(window), self.band.ds.window_transform(window)
+            # tolerance=0: exact coordinates per cell (no interpolated transformer), so a cell's nearest reference
+            # cell does not depend on the window it is computed in.
+            reproject(ref, on_map, src_transform=ref_transform, src_crs=self.band.crs, src_nodata=0,
+                      dst_transform=transform, dst_crs=self.map_crs, dst_nodata=0, resampling=Resampling.nearest,
+                      tolerance=0)
+            if self.finer:
+                majority = majority_on_grid(ref, ref_transform, self.band.crs, map_codes.shape, transform, self.map_crs)
+                on_map = np.where(majority > 0, majority, on_map)
+        valid = (on_map > 0) & (map_codes > 0)
+        flat = (on_map[valid].astype(np.int64) - 1) * N_CLASSES + map_codes[valid] - 1
+        self.cm += np.bincount(flat, minlength=self.cm.size).reshape(self.cm.shape)
+        self.n_map_only += int(((map_codes > 0) & (on_map == 0)).sum())
+        self.n_reference_only += int(((map_codes == 0) & (on_map > 0)).sum())
+        return on_map
+
+    def result(self) -> tuple[PixelSamples, dict[str, Any]]:
+        if not self.cm.any():
+            raise LczmapError(f"{self.band.path}: the reference raster has no class pixels where the map has classes")
+        return PixelSamples(self.cm.copy()), {
+            "reference_band": self.band.info, "reference_crs": str(self.band.crs),
+            "reference_resampling": "majority of finer reference cells" if self.finer else "nearest",
+            "n_pixels": int(self.cm.sum()), "n_map_only": self.n_map_only, "n_reference_only": self.n_reference_only,
+        }
 
 
 def majority_on_grid(codes: np.ndarray, src_transform, src_crs, shape: tuple[int, int], dst_transform, dst_crs,
@@ -177,6 +321,7 @@ def majority_on_grid(codes: np.ndarray, src_transform, src_crs, shape: tuple[int
 
     to_dst = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
     counts = np.zeros((shape[0] * shape[1], N_CLASSES + 1), np.int32)
+    flat_counts = counts.reshape(-1)
     cols = np.arange(codes.shape[1]) + 0.5
     for r0 in range(0, codes.shape[0], rows_per_chunk):
         block = codes[r0 : r0 + rows_per_chunk]
@@ -187,7 +332,10 @@ def majority_on_grid(codes: np.ndarray, src_transform, src_crs, shape: tuple[int
         r, c = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
         inside = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
         flat = (r[inside] * shape[1] + c[inside]) * (N_CLASSES + 1) + block[keep][inside]
-        counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape).astype(np.int32)
+        if flat.size:  # counted over the span of cells this chunk reaches, not the whole grid
+            lo = int(flat.min())
+            span = np.bincount(flat - lo).astype(np.int32)
+            flat_counts[lo : lo + len(span)] += span
     majority = counts[:, 1:].argmax(axis=1) + 1
     return np.where(counts[:, 1:].any(axis=1), majority, 0).reshape(shape).astype(np.uint8)
 
@@ -203,27 +351,28 @@ def agreement(map_codes: np.ndarray, on_map: np.ndarray, raster: bool) -> np.nda
     return out
 
 
-def write_agreement(path: Path, codes: np.ndarray, transform, crs, tags: dict[str, str]) -> Path:
-    """The agreement map as a tiled, compressed GeoTIFF with a colour table; written under a temporary name first."""
-    import os
+@contextmanager
+def agreement_writer(path: Path, shape: tuple[int, int], transform, crs, tags: dict[str, str]) -> Iterator[Any]:
+    """The agreement map as a tiled, compressed GeoTIFF with a colour table, open for writing by window.
 
+    Written under a temporary name, renamed to `path` when the block ends without error, else removed.
+    """
     import rasterio
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    profile = {"driver": "GTiff", "width": codes.shape[1], "height": codes.shape[0], "count": 1, "dtype": "uint8",
+    profile = {"driver": "GTiff", "width": shape[1], "height": shape[0], "count": 1, "dtype": "uint8",
                "crs": crs, "transform": transform, "nodata": 0, "compress": "deflate", "tiled": True,
-               "blockxsize": 256, "blockysize": 256}
+               "blockxsize": AGREEMENT_BLOCK, "blockysize": AGREEMENT_BLOCK}
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(codes, 1)
             dst.write_colormap(1, {code: rgba for code, (_, rgba) in AGREEMENT.items()})
             dst.set_band_description(1, "agreement")
             dst.update_tags(**tags, **{f"code_{code}": name for code, (name, _) in AGREEMENT.items()})
+            yield dst
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def stratified_test_draws(labels: np.ndarray, draws: int, fraction: float, seed: int) -> list[np.ndarray]:
@@ -232,17 +381,16 @@ def stratified_test_draws(labels: np.ndarray, draws: int, fraction: float, seed:
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     out = []
     for _ in range(draws):
-        picks = [rng.choice(members, size=max(1, round(fraction * len(members))), replace=False) for members in by_class]
+        picks = [rng.choice(members, size=draw_size(len(members), fraction), replace=False) for members in by_class]
         out.append(np.sort(np.concatenate(picks)))
     return out
 
 
-def bootstrap(samples: Samples, draws: int, fraction: float, seed: int) -> dict[str, Any]:
+def bootstrap(samples: PolygonSamples | PixelSamples, draws: int, fraction: float, seed: int) -> dict[str, Any]:
     """Mean and 95% interval (2.5-97.5 percentiles) of each metric over stratified test draws."""
     per_draw: dict[str, list[float]] = {k: [] for k in SCALAR_METRICS}
     f1: list[list[float]] = []
-    for test in stratified_test_draws(samples.labels, draws, fraction, seed):
-        cm = samples.confusion(test)
+    for cm in samples.test_confusions(draws, fraction, seed):
         s = scores(cm)
         for k in SCALAR_METRICS:
             per_draw[k].append(np.nan if s[k] is None else s[k])
@@ -259,7 +407,7 @@ def bootstrap(samples: Samples, draws: int, fraction: float, seed: int) -> dict[
     return {
         "draws": draws, "test_fraction": fraction, "unit": samples.unit, "seed": seed,
         "metrics": {k: summary(v) for k, v in per_draw.items()},
-        "per_class_f1": {str(c): summary(f1_arr[:, c - 1]) for c in range(1, N_CLASSES + 1) if np.any(samples.labels == c)},
+        "per_class_f1": {str(c): summary(f1_arr[:, c - 1]) for c in samples.classes().tolist()},
     }
 
 
@@ -280,29 +428,45 @@ def default_map_output(map_path: Path) -> Path:
 def evaluate_map(
     map_path: str | Path, reference: str | Path, *, column: str | None = None, band: str | int | None = None,
     draws: int = DEFAULT_DRAWS, seed: int = 0, test_fraction: float = TEST_FRACTION, out: str | Path | None = None,
+    window: int = WINDOW,
 ) -> dict[str, Any]:
     """Score an LCZ map: all reference samples at once, and the LCZ Generator's stratified 70/30 bootstrap.
 
     The reference is training areas (KML/KMZ with a folder per class, or a vector file with a class
     column) or another LCZ map. Polygon references are drawn by polygon (stratified by class; each draw
     scores the map on its 30% test polygons); a reference raster is drawn by pixel. Writes JSON, a
-    confusion-matrix PNG and the agreement map GeoTIFF (<out stem>.agreement.tif) beside it.
+    confusion-matrix PNG and the agreement map GeoTIFF (<out stem>.agreement.tif) beside it. The map is
+    read, compared and written in windows of at most `window` cells a side.
     """
+    from odc.geo.roi import Tiles
+    from rasterio.windows import Window
+
     map_path, reference = Path(map_path), Path(reference)
     if not reference.exists():
         raise LczmapError(f"{reference}: reference file does not exist")
     if draws < 1:
         raise LczmapError(f"--bootstrap {draws}: needs at least 1 draw")
-    codes, transform, crs, band_info = read_lcz_band(map_path, band)
-    raster = _is_raster(reference)
-    if raster:
-        samples, on_map, info = raster_samples(codes, transform, crs, reference, None)
-    else:
-        samples, on_map, info = polygon_samples(codes, transform, crs, reference, column)
-    kind = "raster" if raster else "polygons"
-    cm = samples.confusion()
     out = Path(out) if out else default_map_output(map_path)
     agreement_path = out.with_name(f"{out.stem}.agreement.tif")
+    raster = _is_raster(reference)
+    with LczBand(map_path, band) as lcz, (LczBand(reference) if raster else nullcontext()) as ref_band:
+        ref: RasterReference | PolygonReference = (
+            RasterReference(ref_band, lcz.transform, lcz.crs) if raster else PolygonReference(reference, column, lcz.crs))
+        side = ref.window_side(window)
+        tiles = Tiles(lcz.shape, (side, side))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tags = {"map": map_path.name, "reference": reference.name, "lczmap_version": __version__}
+        with agreement_writer(agreement_path, lcz.shape, lcz.transform, lcz.crs, tags) as dst:
+            for i in range(tiles.shape.y):
+                for j in range(tiles.shape.x):
+                    win = Window.from_slices(*tiles[i, j])
+                    codes = lcz.read(win)
+                    on_map = ref.update(codes, lcz.ds.window_transform(win))
+                    dst.write(agreement(codes, on_map, raster), 1, window=win)
+            samples, info = ref.result()  # raises (and the agreement map is dropped) when nothing was compared
+        band_info = lcz.info
+    kind = "raster" if raster else "polygons"
+    cm = samples.confusion()
     report = {
         "map": str(map_path), "band": band_info, "reference": str(reference), "reference_kind": kind,
         **({"column": column} if column and not raster else {}), **info,
@@ -312,9 +476,6 @@ def evaluate_map(
         "agreement_codes": {str(code): name for code, (name, _) in AGREEMENT.items()},
         "lczmap_version": __version__,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_agreement(agreement_path, agreement(codes, on_map, raster), transform, crs,
-                    {"map": map_path.name, "reference": reference.name, "lczmap_version": __version__})
     _write_report(report, cm, out, f"{map_path.name} vs {reference.name}: OA {report['all_samples']['oa']:.3f}")
     report["output"] = str(out)
     return json_safe(report)
