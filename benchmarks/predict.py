@@ -95,38 +95,23 @@ def bare(plan, seconds: float) -> float:
 
 
 def profile(plan) -> dict[str, float]:
-    """One core, every block as prepare_block makes it, from cold files (no decoded block cached): seconds per
-    source read (summed over the blocks), for the AOI mask, and for masking, cutting and normalising
-    (tiling.BlockPatches); `cpu` is the process's CPU seconds meanwhile."""
+    """One core, every block through prepare_block from cold files (no decoded block cached): seconds per source read
+    (summed over the blocks), for the AOI mask, and for masking, cutting and normalising (tiling.BlockPatches);
+    `cpu` is the process's CPU seconds meanwhile."""
     import rasterio
 
+    from lczmap.inference import prepare_block
     from lczmap.sources.base import close_datasets
 
     close_datasets()
-    seconds: dict[str, float] = {"aoi": 0.0, "mask_normalise": 0.0}
+    seconds: dict[str, float] = {}
     cpu0 = time.process_time()
     with rasterio.Env(GDAL_NUM_THREADS="1"):  # one core, as the floor
-        _profile_blocks(plan, seconds)
+        for rows, cols in plan.grid.output_blocks(plan.block):
+            prepare_block(plan, rows, cols, seconds=seconds)
     seconds["cpu"] = time.process_time() - cpu0
     close_datasets()  # staging after this starts cold too
     return {k: round(v, 3) for k, v in seconds.items()}
-
-
-def _profile_blocks(plan, seconds: dict[str, float]) -> None:
-    from lczmap.stage import read_chunk
-    from lczmap.tiling import BlockPatches
-
-    grid, card = plan.grid, plan.card
-    full = (plan.block - 1) * grid.factor + card.patch_size  # edge blocks padded to an inner one's window, as predict does
-    for rows, cols in grid.output_blocks(plan.block):
-        t0 = time.perf_counter()
-        in_aoi = plan.aoi_block(rows, cols)
-        seconds["aoi"] += time.perf_counter() - t0
-        if in_aoi.any():
-            block = read_chunk(plan.stage, *grid.window(rows, cols, card.patch_size), seconds=seconds)[list(plan.bands)]
-            t0 = time.perf_counter()
-            BlockPatches(block, card, grid.factor, plan.nodata_threshold, mask=in_aoi, pad_to=full)
-            seconds["mask_normalise"] += time.perf_counter() - t0
 
 
 def staging(plan) -> tuple[list, float]:

@@ -253,7 +253,6 @@ def main() -> None:
     labels = list(results["client_peak_rss_mb"])
     big, small = labels[-1], labels[0]
     results["client_ratio"] = round(results["client_peak_rss_mb"][big] / results["client_peak_rss_mb"][small], 3)
-    results["scaling_2_vs_1"] = results["scaling_vs_1"].get("2")
     print()
     print(f"| measure | {' | '.join(labels)} |")
     print(f"|---|{'---:|' * len(labels)}")

@@ -293,9 +293,7 @@ class RasterReference:
             if self.finer:
                 majority = majority_on_grid(ref, ref_transform, self.band.crs, map_codes.shape, transform, self.map_crs)
                 on_map = np.where(majority > 0, majority, on_map)
-        valid = (on_map > 0) & (map_codes > 0)
-        flat = (on_map[valid].astype(np.int64) - 1) * N_CLASSES + map_codes[valid] - 1
-        self.cm += np.bincount(flat, minlength=self.cm.size).reshape(self.cm.shape)
+        self.cm += confusion_matrix(on_map, map_codes)  # cells with no class (0) on either side are skipped
         self.n_map_only += int(((map_codes > 0) & (on_map == 0)).sum())
         self.n_reference_only += int(((map_codes == 0) & (on_map > 0)).sum())
         return on_map

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,20 +184,28 @@ class PreparedBlock:
     patches: BlockPatches | None
 
 
-def prepare_block(plan: PredictPlan, rows: slice, cols: slice) -> PreparedBlock:
+def prepare_block(plan: PredictPlan, rows: slice, cols: slice, seconds: dict[str, float] | None = None) -> PreparedBlock:
     """Read the block's base window (with the patch halo), accept cells in the AOI with enough data, normalise.
 
     Host work, safe on any thread. The image is zero-padded to a full block's window, so edge blocks have
-    the shape of inner ones (one compiled gather on the accelerator path).
+    the shape of inner ones (one compiled gather on the accelerator path). `seconds`, if given, gets the time
+    of each step added (the AOI mask, each source's read, masking and normalising; benchmarks/predict.py).
     """
+    from .stage import add_seconds
+
     card, grid = plan.card, plan.grid
+    t0 = time.perf_counter()
     in_aoi = plan.aoi_block(rows, cols)
+    add_seconds(seconds, "aoi", t0)
     if not in_aoi.any():
         return PreparedBlock(rows, cols, None)
-    block = plan.read_window(*grid.window(rows, cols, card.patch_size))
+    block = plan.read_window(*grid.window(rows, cols, card.patch_size), seconds=seconds)
     full = (plan.block - 1) * grid.factor + card.patch_size
+    t0 = time.perf_counter()
     patches = BlockPatches(block, card, grid.factor, plan.nodata_threshold, mask=in_aoi, pad_to=full)
+    add_seconds(seconds, "mask_normalise", t0)
     return PreparedBlock(rows, cols, patches if len(patches) else None)
+
 
 
 def infer_block(plan: PredictPlan, prepared: PreparedBlock, on_device: bool | None = None) -> np.ndarray:

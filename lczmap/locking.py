@@ -23,6 +23,7 @@ from .errors import OutputBusyError, OutputError
 
 log = logging.getLogger(__name__)
 
+
 def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 

@@ -85,13 +85,17 @@ class PredictPlan:
                         self.resolution, self.batch_size, self.block, self.nodata_threshold, self.use_vhr,
                         self.precision)
 
-    def read_window(self, base_rows: slice, base_cols: slice) -> np.ndarray:
-        """The card's bands of a base-grid window, (bands, h, w) float32, NaN = nodata."""
-        from .stage import StackStore, read_chunk
+    def read_window(self, base_rows: slice, base_cols: slice, seconds: dict[str, float] | None = None) -> np.ndarray:
+        """The card's bands of a base-grid window, (bands, h, w) float32, NaN = nodata; adds each source's read
+        time to `seconds` if given (stage.read_chunk; a stack's read counts as "stack")."""
+        from .stage import StackStore, add_seconds, read_chunk
 
         if isinstance(self.stage, StackStore):
-            return self.stage.read(base_rows, base_cols)[list(self.bands)]
-        return read_chunk(self.stage, base_rows, base_cols)[list(self.bands)]
+            t0 = time.perf_counter()
+            block = self.stage.read(base_rows, base_cols)[list(self.bands)]
+            add_seconds(seconds, "stack", t0)
+            return block
+        return read_chunk(self.stage, base_rows, base_cols, seconds=seconds)[list(self.bands)]
 
     def aoi_block(self, rows: slice, cols: slice) -> np.ndarray:
         """(h, w) bool: output cells rows x cols whose centre lies in the AOI, rasterised for this block alone.
@@ -404,8 +408,8 @@ def write_outputs(
         finally:
             shutil.rmtree(blocks_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], dates=_image_dates(plan), model=plan.card.name,
-                       title=f"{plan.config.name}: LCZ ({'filtered' if filter else 'raw'})")
+        draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], name=plan.config.name, filtered=filter,
+                       dates=_image_dates(plan), model=plan.card.name)
         seconds["quicklook"] = round(time.perf_counter() - t0, 3)
         summary = _summary(plan, areas, band, box, paths, wanted, seconds, filter)
         tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
@@ -508,7 +512,7 @@ def write_cogs(box: Any, folder: Path, chunks: Any, files: dict[str, tuple[list[
     run(dask.delayed(tuple)(tasks))
 
 
-def draw_quicklook(map_path: Path, status_path: Path, path: Path, *, title: str, model: str | None,
+def draw_quicklook(map_path: Path, status_path: Path, path: Path, *, name: str, filtered: bool, model: str | None,
                    dates: list[str] | tuple[str, ...] = ()) -> None:
     """The quicklook of a written map (and its `_filled` status file), read from their overviews (at most
     QUICKLOOK_CELLS across), so memory does not grow with the map."""
@@ -523,7 +527,8 @@ def draw_quicklook(map_path: Path, status_path: Path, path: Path, *, title: str,
         lcz = src.read(1, out_shape=shape)
         inside = status.read(1, out_shape=shape) > 0
         box = GeoBox(src.shape, src.transform, src.crs).zoom_to(shape)
-    quicklook(lcz, box, path, aoi_mask=inside, dates=dates, model=model, title=title)
+    quicklook(lcz, box, path, aoi_mask=inside, dates=dates, model=model,
+              title=f"{name}: LCZ ({'filtered' if filtered else 'raw'})")
 
 
 def _image_dates(plan: PredictPlan) -> list[str]:

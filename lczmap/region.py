@@ -403,8 +403,8 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
         else:
             box, areas = _write_mosaic_cogs(plan, files, tmp)
             method = area_method(box)
-            draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], model=tags.get("model"),
-                           title=f"{spec.config.name}: LCZ ({'filtered' if spec.filter else 'raw'})")
+            draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], name=spec.config.name, filtered=spec.filter,
+                           model=tags.get("model"))
             for key, text in class_styles(spec.filter).items():
                 tmp[key].write_text(text)
         seconds["mosaic"] = round(time.perf_counter() - t0, 3)

@@ -128,13 +128,18 @@ def read_chunk(plan: StagePlan, base_rows: slice, base_cols: slice, stats: dict[
         if pos:
             t0 = time.perf_counter()
             out[list(pos)] = source.read(geobox, extras)
-            if seconds is not None:
-                seconds[source.key] = seconds.get(source.key, 0.0) + time.perf_counter() - t0
+            add_seconds(seconds, source.key, t0)
     if VALID_COUNT in plan.bands:
         out[plan.bands.index(VALID_COUNT)] = extras.get("valid_count", 0)
     if stats is not None:
         _count(plan, out, extras, stats)
     return out
+
+
+def add_seconds(seconds: dict[str, float] | None, key: str, since: float) -> None:
+    """Add the time since perf_counter() value `since` to seconds[key] (profiles of a block's steps); no-op for None."""
+    if seconds is not None:
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - since
 
 
 def stage_city(config: CityConfig, grid: CityGrid, chunk: int = DEFAULT_CHUNK, **options: Any) -> StagedStack:
