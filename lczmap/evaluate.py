@@ -7,6 +7,7 @@ matrix (raster reference) or a count table per polygon, so memory does not grow 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -452,16 +453,23 @@ def evaluate_map(
             RasterReference(ref_band, lcz.transform, lcz.crs) if raster else PolygonReference(reference, column, lcz.crs))
         side = ref.window_side(window)
         tiles = Tiles(lcz.shape, (side, side))
+        made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
         out.parent.mkdir(parents=True, exist_ok=True)
         tags = {"map": map_path.name, "reference": reference.name, "lczmap_version": __version__}
-        with agreement_writer(agreement_path, lcz.shape, lcz.transform, lcz.crs, tags) as dst:
-            for i in range(tiles.shape.y):
-                for j in range(tiles.shape.x):
-                    win = Window.from_slices(*tiles[i, j])
-                    codes = lcz.read(win)
-                    on_map = ref.update(codes, lcz.ds.window_transform(win))
-                    dst.write(agreement(codes, on_map, raster), 1, window=win)
-            samples, info = ref.result()  # raises (and the agreement map is dropped) when nothing was compared
+        try:
+            with agreement_writer(agreement_path, lcz.shape, lcz.transform, lcz.crs, tags) as dst:
+                for i in range(tiles.shape.y):
+                    for j in range(tiles.shape.x):
+                        win = Window.from_slices(*tiles[i, j])
+                        codes = lcz.read(win)
+                        on_map = ref.update(codes, lcz.ds.window_transform(win))
+                        dst.write(agreement(codes, on_map, raster), 1, window=win)
+                samples, info = ref.result()  # raises (and the agreement map is dropped) when nothing was compared
+        except BaseException:
+            for folder in made:  # the folders this run made for its outputs, innermost first, if still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         band_info = lcz.info
     kind = "raster" if raster else "polygons"
     cm = samples.confusion()

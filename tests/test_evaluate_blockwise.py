@@ -166,3 +166,14 @@ def test_memory_does_not_grow_with_the_map(tmp_path):
     assert large < 1.5 * small, peaks
     # A whole-map computation holds >= 16 bytes per mapped pixel: 12 MiB more for the larger map's 786,432 more pixels.
     assert large - small < 2 * 2**20, peaks
+
+
+def test_a_failed_evaluation_leaves_no_output_folder_behind(big_map, tmp_path):
+    """Polygons far off the map: one error, and the folders made for --out are gone again (no agreement map)."""
+    from lczmap.errors import LczmapError
+
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"lcz": [2]}, geometry=[box(X0 + 1e6, Y0, X0 + 1e6 + 500, Y0 + 500)], crs=CRS).to_file(far)
+    with pytest.raises(LczmapError, match="no reference polygon covers a mapped pixel"):
+        evaluate_map(big_map, far, draws=2, out=tmp_path / "new" / "deeper" / "report.json")
+    assert not (tmp_path / "new").exists()

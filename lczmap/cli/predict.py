@@ -36,7 +36,7 @@ class _BatchSize(click.ParamType):
 @click.option("--resolution", type=RESOLUTION, default=100.0, show_default=True, help="Output cell size in metres (multiple of 10).")
 @click.option("--crs", type=CRS_TYPE, default=None, help="Output CRS (default: the AOI's UTM zone). EPSG:4326 reprojects the finished map, as the LCZ Generator publishes it.")
 @click.option("--batch-size", type=_BatchSize(), default="256", show_default=True,
-              help="Patches per model call, or 'auto' (sized to the accelerator's memory; 256 on a CPU).")
+              help="Patches per model call, or 'auto' (sized to the accelerator's memory, at most one block's cells; 256 on a CPU).")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="bfloat16: run the network in Keras' mixed bfloat16 (for GPUs/TPUs with bfloat16 units).")
 @click.option("--stack", type=click.Path(), default=None,
