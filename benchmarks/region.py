@@ -172,7 +172,8 @@ def seam_agreement(city_yaml: Path, work: Path) -> float:
 
     from lczmap.card import DEFAULT_MODEL
     from lczmap.config import load_city_config
-    from lczmap.predict import output_paths, predict_city
+    from lczmap.outputs import output_paths
+    from lczmap.predict import predict_city
     from lczmap.region import map_region, plan_region, plan_tiles
     from lczmap.aoi import read_aoi
 

@@ -1,8 +1,10 @@
-"""Write files atomically (a temporary name beside the final path, renamed once complete), replace folders crash-safely."""
+"""Write outputs safely: never over an input, atomically (a temporary name, renamed once complete), folders crash-safely."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import glob
 import json
 import os
@@ -10,6 +12,25 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import OutputError
+from .locking import clear_stale_lock, output_lock, pid_alive, stale_temporaries
+
+
+def check_outputs(out: str | Path, written: Iterable[str | Path], inputs: Iterable[tuple[str, str | Path]],
+                  what: str = "output") -> None:
+    """Refuse, before any work, outputs that are, link to, lie inside or hold one of the inputs (OutputError).
+
+    The rule every command's outputs follow: `written` is every path the command writes for its `--out`
+    value `out`; `inputs` are (label, path) pairs such as ("the city's dsm input", path), compared after
+    resolving links (URLs are skipped); `what` names the output in the message ("map", "stack").
+    """
+    sources = {Path(p).resolve(): label for label, p in inputs if "://" not in str(p)}
+    for path in written:
+        real = Path(path).resolve()
+        for source, label in sources.items():
+            if real == source or source in real.parents or real in source.parents:
+                raise OutputError(f"--out {out}: would overwrite {label} {source}; write the {what} elsewhere")
 
 
 def write_json_atomic(path: str | Path, doc: Any, indent: int = 2) -> Path:
@@ -33,9 +54,6 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         renameat2 = libc.renameat2
@@ -76,8 +94,6 @@ def replace_path(new: Path, final: Path) -> None:
 
 def recover_aside(final: Path) -> None:
     """Undo what a killed `replace_path` left: restore an old copy set aside if `final` is gone, drop the rest."""
-    from .locking import clear_stale_lock, stale_temporaries
-
     final = Path(final)
     clear_stale_lock(final)
     for stale in sorted(stale_temporaries(final)):
@@ -108,8 +124,6 @@ def finish_interrupted(first: Path, paths: Iterable[Path]) -> None:
     are again one run's set. Then the temporaries of `paths` and their `blocks_folder`s whose process is
     gone, and a stale lock of `first`, are removed; a live process's are never touched.
     """
-    from .locking import clear_stale_lock, pid_alive, stale_temporaries
-
     first = Path(first)
     for journal in first.parent.glob(f".{glob.escape(first.name)}.*.journal"):
         pid = journal.name.rsplit(".", 2)[-2]
@@ -137,8 +151,6 @@ def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
     between two renames is completed by the next run (`finish_interrupted`): the outputs beside each other
     always end up from one run. The summary JSON is renamed last, so a summary names a finished set.
     """
-    from .locking import output_lock
-
     with output_lock(paths[0]):
         finish_interrupted(paths[0], paths)
         tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]

@@ -43,14 +43,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from distributed import as_completed
 
-from . import __version__
+from . import __version__, region
+from .aoi import read_aoi
 from .atomic import write_json_atomic
 from .card import DEFAULT_MODEL, load_card, sha256
+from .cluster import runner
 from .config import (Key, check_bool, check_composite, check_count, check_crs, check_mapping, check_resolution, check_share,
-                     check_text, read_yaml_mapping)
+                     check_text, load_city_config, read_yaml_mapping)
 from .errors import LczmapError
 from .locking import output_lock, stale_temporaries
+from .outputs import output_paths
+from .plan import RegionPlan
+from .predict import predict_city
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +194,6 @@ def is_finished(job: CityJob, entry: dict[str, Any] | None, output_dir: Path) ->
 
 def remove_stale_temporaries(output_dir: Path, name: str) -> list[Path]:
     """Delete the temporary files a killed run left for city `name` (predict's `.<file>.<pid>.tmp`)."""
-    from .predict import output_paths
-
     stale = [t for p in output_paths(Path(output_dir) / f"{name}.tif").values() for t in stale_temporaries(p)]  # dead writers only
     for tmp in stale:
         log.info("removing %s, left by an interrupted run", tmp)
@@ -199,42 +203,35 @@ def remove_stale_temporaries(output_dir: Path, name: str) -> list[Path]:
 
 def map_city(job: CityJob, output_dir: Path) -> dict[str, Any]:
     """Map one city where this runs (a worker: its blocks on that worker's threads) and write its files; its manifest entry."""
-    from .config import load_city_config
-    from .predict import predict_city
-
     tif = Path(output_dir) / f"{job.name}.tif"
     # A task of an earlier run whose client was stopped may still be writing this city on the cluster (a running
     # task cannot be cancelled): wait for it, then map the city again, as that run's manifest never recorded it.
     with output_lock(tif, wait=ORPHAN_WAIT_S):
         summary = predict_city(load_city_config(job.config, name=job.name), tif, progress=False, **job.options)
-    return {"status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
-            "options": job.fingerprint(), "seconds": summary.get("seconds", {}), "finished": _now()}
+    return _done(job, tif, summary)
 
 
-def _region_done(job: CityJob, plan: Any, *tiles: dict[str, Any]) -> dict[str, Any]:
+def _region_done(job: CityJob, plan: RegionPlan, *tiles: dict[str, Any]) -> dict[str, Any]:
     """The mosaic of a region-sized city, once all its tiles are done (runs on a worker); its manifest entry."""
-    from .region import write_mosaic
+    return _done(job, plan.out, region.write_mosaic(plan, list(tiles), {}))
 
-    summary = write_mosaic(plan, list(tiles), {})
-    tif = plan.out
+
+def _done(job: CityJob, tif: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entry of a city whose files `tif` (and the others of `summary`) are written."""
     return {"status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
             "options": job.fingerprint(), "seconds": summary.get("seconds", {}), "finished": _now()}
 
 
 def _submit(client: Any, job: CityJob, output_dir: Path, priority: int) -> Any:
     """Submit one city: a task that maps and writes it, or, for a region-sized AOI, a task per tile and one for the mosaic."""
-    from .aoi import read_aoi
-    from .config import load_city_config
-    from .region import map_tile, needs_region, plan_region
-
     config = load_city_config(job.config, name=job.name)
-    if not needs_region(read_aoi(config.aoi)):
+    if not region.needs_region(read_aoi(config.aoi)):
         return client.submit(map_city, job, output_dir, pure=False, priority=priority, key=f"lczmap-city-{job.name}-{os.getpid()}")
     options = {k: v for k, v in job.options.items() if k != "probabilities"}
     if job.options.get("probabilities"):
         log.warning("city %s is mapped as a region: its probabilities file is not written", job.name)
-    plan = plan_region(config, Path(output_dir) / f"{job.name}.tif", **{"model": DEFAULT_MODEL, **options})
-    tiles = [client.submit(map_tile, plan.spec, t, pure=False, priority=priority, key=f"lczmap-tile-{job.name}-{t.id}-{os.getpid()}")
+    plan = region.plan_region(config, Path(output_dir) / f"{job.name}.tif", **{"model": DEFAULT_MODEL, **options})
+    tiles = [client.submit(region.map_tile, plan.spec, t, pure=False, priority=priority, key=f"lczmap-tile-{job.name}-{t.id}-{os.getpid()}")
              for t in plan.tiles]
     return client.submit(_region_done, job, plan, *tiles, pure=False, priority=priority, key=f"lczmap-region-{job.name}-{os.getpid()}")
 
@@ -251,19 +248,15 @@ def run_batch(
 ) -> dict[str, Any]:
     """Map every city of `pipeline` on one Dask cluster and return the final manifest.
 
-    The cluster is `client`'s, or the one at `scheduler`, or a new local one (see lczmap.cluster.dask_client).
+    The cluster is `client`'s, or the one at `scheduler`, or a new local one (see lczmap.cluster.runner).
     Every city is one task (a region-sized city: one task per tile and one for its mosaic), all submitted
     at once, so small cities never leave workers idle; each task plans, maps and writes its city on the
     worker, and the client keeps only futures and manifest entries, so its memory does not grow with the
     number of cities. `on_city(name, entry)` is called as each city is skipped, fails or is done.
     """
-    from distributed import as_completed
-
-    from .cluster import dask_client
-
     with contextlib.ExitStack() as stack:
-        if client is None and scheduler:  # an unreachable cluster stops the run before anything is written
-            client = stack.enter_context(dask_client(scheduler=scheduler))
+        if scheduler:  # an unreachable cluster stops the run before anything is written
+            client = stack.enter_context(runner(client, scheduler=scheduler)).client
         out = pipeline.output_dir
         out.mkdir(parents=True, exist_ok=True)
         stack.enter_context(output_lock(out / MANIFEST))  # one batch per output folder: Error: ... being written by process N
@@ -298,8 +291,8 @@ def run_batch(
         if not todo:
             return manifest
 
-        if client is None:
-            client = stack.enter_context(dask_client(workers, gpus=gpus, threads=threads))
+        # a new local cluster only now that there is work for it
+        client = stack.enter_context(runner(client, workers, threads, gpus=gpus, cluster=True)).client
         futures: dict[Any, CityJob] = {}
         for rank, job in enumerate(todo):
             # Earlier cities get higher priority, so they finish (and are safe on disk) first, while

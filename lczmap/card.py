@@ -16,11 +16,13 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_json_atomic
-from .config import read_small_file
+from .config import cache_root, read_small_file
 from .errors import ConfigError, LczmapError, UnsafeInputError, reading
 
 CARD_FILE = "card.json"
 DEFAULT_MODEL = "msmla18-demo"
+TRAINED_ON_KEYS = ("regions", "dates", "label_source")  # `trained_on`'s checked keys (each optional; others kept)
+PRODUCT_LEVELS = ("", "L1C", "L2A")  # `product_level`: unknown, top of atmosphere, surface reflectance
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,14 @@ class ModelCard:
 
     `bands` are names in the staged stack's band order (see lczmap.stage.BANDS); `mean`/`std` are per
     band in that order and patches are normalised as (x - mean) / std, NaN-free. The network outputs
-    17 probabilities in class order 1..17.
+    17 probabilities in class order 1..17. Staged Sentinel-2 bands are reflectances (DN / 10000 after the
+    product's offset), so mean 0 and std 1 feed them unchanged (the So2Sat LCZ42 convention).
+
+    What the model has seen: `synthetic` (trained on synthetic cities only, not for real ones), `trained_on`
+    (TRAINED_ON_KEYS: regions, dates, label source), `product_level` (the Sentinel-2 level of its training
+    images: "L1C" top-of-atmosphere or "L2A" surface reflectance; "" unknown) and, for imported weights,
+    `source` (url, commit, sha256 of the original file, licence, citation). Cards written before these fields
+    load with their defaults.
     """
 
     name: str
@@ -47,6 +56,11 @@ class ModelCard:
     command: str = ""
     notes: str = ""
     lczmap_version: str = __version__
+    synthetic: bool = False
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    product_level: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)  # parent model, label sources, training date (lczmap.train)
     folder: Path | None = None
 
     @property
@@ -87,13 +101,19 @@ def write_card(card: ModelCard, folder: Path) -> Path:
     return write_json_atomic(folder / CARD_FILE, doc)
 
 
+def model_cache() -> Path:
+    """Where imported and pulled models live (one folder each, lczmap.models_store): $LCZMAP_CACHE/models."""
+    return cache_root() / "models"
+
+
 def model_search_path() -> list[Path]:
-    """Where named models are looked up: $LCZMAP_MODELS (os.pathsep-separated), then the repository's models/.
+    """Where named models are looked up: $LCZMAP_MODELS (os.pathsep-separated), the repository's models/, then the
+    model cache (`model_cache()`).
 
     Docker images copy models/ to a folder named in LCZMAP_MODELS; a source checkout finds it beside the package.
     """
     paths = [Path(p) for p in os.environ.get("LCZMAP_MODELS", "").split(os.pathsep) if p]
-    paths.append(Path(__file__).resolve().parent.parent / "models")
+    paths += [Path(__file__).resolve().parent.parent / "models", model_cache()]
     return [p for p in paths if p.is_dir()]
 
 
@@ -191,9 +211,19 @@ def _checked_card(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     classes = doc.get("classes", list(ModelCard.classes))
     if classes != list(range(1, 18)):
         raise bad("classes", "lczmap models output the 17 LCZ classes in order 1..17")
-    for key in ("network_options", "training", "metrics"):
+    for key in ("network_options", "training", "metrics", "trained_on", "source", "lineage"):
         if not isinstance(doc.get(key, {}), dict):
             raise bad(key, "must be a JSON object")
+    if not isinstance(doc.get("synthetic", False), bool):
+        raise bad("synthetic", "must be true or false")
+    if doc.get("product_level", "") not in PRODUCT_LEVELS:
+        raise bad("product_level", f"must be one of {', '.join(repr(v) for v in PRODUCT_LEVELS)}")
+    trained_on = doc.get("trained_on", {})
+    regions = trained_on.get("regions", [])
+    if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+        raise bad("trained_on", "regions must be a list of strings")
+    if not all(isinstance(trained_on.get(k, ""), str) for k in ("dates", "label_source")):
+        raise bad("trained_on", "dates and label_source must be strings")
     defaults = option_defaults(network)
     for key, value in doc.get("network_options", {}).items():
         if key not in defaults:
@@ -245,6 +275,19 @@ def verify_weights(card: ModelCard) -> None:
 
     if not h5py.is_hdf5(real):
         raise LczmapError(f"{path}: not a Keras weights file (HDF5)")
+
+
+def resolve_model(model: str | Path = DEFAULT_MODEL, networks: tuple[str, ...] | None = None) -> ModelCard:
+    """The card of `model` (a name or folder) with its weights verified: the one check before a command runs a model.
+
+    `networks`: the networks that can map a city on their own; a model of another network is refused.
+    """
+    card = load_card(model)
+    if networks is not None and card.network not in networks:
+        raise LczmapError(f"--model {model}: network {card.network} cannot map a city on its own "
+                          f"(mapping networks: {', '.join(networks)})")
+    verify_weights(card)
+    return card
 
 
 def load_model(card: ModelCard):

@@ -13,7 +13,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class CityConfig:
     sentinel2: Path | tuple[Path, ...] | None = None
     dsm: Path | None = None
     dtm: Path | None = None
+    dsm_height: str | None = None  # what a DSM without a DTM holds (lczmap.sources.dsm.HEIGHT_MODES); None: its default
     landcover: Path | None = None
     landcover_scheme: str = "worldcover"
     osm: Path | None = None
@@ -46,6 +47,7 @@ class CityConfig:
     reference: Path | None = None
     reference_column: str = "lcz"
     truth: Path | None = None
+    provenance: dict[str, Any] | None = field(default=None, compare=False)  # what `lczmap fetch` got from where
 
 
 # ---- value rules, shared by YAML keys and click options (each raises ValueError with the reason) ----
@@ -135,6 +137,13 @@ def check_composite(value: Any) -> str:
     return value
 
 
+def check_provenance(value: Any) -> dict[str, Any]:
+    """A mapping (city.yaml's record of fetched inputs; its content is for people and reports)."""
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping (written by lczmap fetch)")
+    return value
+
+
 def check_text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise ValueError("must be a non-empty string")
@@ -175,15 +184,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_small_file(path: Path, what: str, limit: int) -> bytes:
-    """The bytes of `path`, a regular file of at most `limit` bytes (a city.yaml, pipeline or model card: a device
-    file or a huge file is the wrong input, and reading it would hang or fill memory); one ConfigError otherwise."""
+def check_small_file(path: Path, what: str, limit: int, rule: str = "") -> None:
+    """Refuse `path` unless it is a regular file of at most `limit` bytes (links followed): a device, a FIFO or a
+    huge file is the wrong input, and reading it would hang or fill memory; one ConfigError naming it otherwise."""
     try:
         info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path}: {what} is not a regular file")
-        if info.st_size > limit:
-            raise ConfigError(f"{path}: {info.st_size} bytes; a {what} is a small text file")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: {what} is not a regular file")
+    if info.st_size > limit:
+        raise ConfigError(f"{path}: {info.st_size} bytes; {rule or f'a {what} is a small text file'}")
+
+
+def read_small_file(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes (a city.yaml, pipeline or model card; see
+    `check_small_file`); one ConfigError otherwise."""
+    check_small_file(path, what, limit)
+    try:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
@@ -238,6 +256,16 @@ def _scheme(value: Any) -> str:
     return value
 
 
+def check_dsm_height(value: Any) -> str:
+    """What a DSM given without a DTM holds: one of lczmap.sources.dsm.HEIGHT_MODES (derive, given)."""
+    from .sources.dsm import HEIGHT_MODES
+
+    value = check_text(value)
+    if value not in HEIGHT_MODES:
+        raise ValueError(f"must be one of {', '.join(HEIGHT_MODES)}")
+    return value
+
+
 def city_schema(base: Path | None) -> dict[str, Key]:
     """city.yaml's keys; paths relative to `base` (the file's folder; None: as given, for command-line values)."""
     path, paths = _path_rule(base), _paths_rule(base)
@@ -247,6 +275,7 @@ def city_schema(base: Path | None) -> dict[str, Key]:
         "sentinel2": Key(paths, "Sentinel-2 L2A product(s): one path or a list"),
         "dsm": Key(path, "digital surface model GeoTIFF"),
         "dtm": Key(path, "digital terrain model GeoTIFF"),
+        "dsm_height": Key(check_dsm_height, "without a dtm: derive (the DSM is a surface model) or given (it is height above ground)"),
         "landcover": Key(path, "land-cover raster"),
         "landcover_scheme": Key(_scheme, "worldcover, nlcm or a CSV table"),
         "osm": Key(path, "OpenStreetMap .osm or .osm.pbf"),
@@ -255,6 +284,7 @@ def city_schema(base: Path | None) -> dict[str, Key]:
         "reference": Key(path, "training areas"),
         "reference_column": Key(check_text, "the reference's class column"),
         "truth": Key(path, "a reference LCZ raster"),
+        "provenance": Key(check_provenance, "what `lczmap fetch` downloaded, from where, under which licence"),
     }
 
 

@@ -8,9 +8,9 @@ matrix (raster reference) or a count table per polygon, so memory does not grow 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -20,16 +20,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import __version__
-from .classes import N_CLASSES, normalise_codes
-from .atomic import write_json_atomic
-from .errors import LczmapError
+from .classes import N_CLASSES
+from .atomic import atomic_files, check_outputs
+from .errors import LczmapError, OutputError, writing
 from .metrics import SCALAR_METRICS, confusion_matrix, json_safe, per_class, scores
-from .reference import read_reference
+from .reference import LczBand, is_raster, majority_on_grid, read_reference
 
 log = logging.getLogger(__name__)
 
-FILTER_BAND = "lczFilter"
-RAW_BAND = "lcz"
 # Agreement map codes: (meaning, RGBA in its colour table).
 AGREEMENT: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     0: ("no class in either map", (0, 0, 0, 0)),
@@ -100,84 +98,6 @@ class PixelSamples:
             for c in np.flatnonzero(rows):
                 cm[c] = rng.multivariate_hypergeometric(self.cm[c], draw_size(int(rows[c]), fraction))
             yield cm
-
-
-def select_band(ds, band: str | int | None, path: Path) -> int:
-    """1-based band index: a number, a band description, or by default the band named lczFilter, else lcz, else 1."""
-    descriptions = [d or "" for d in ds.descriptions]
-    if band is None:
-        lowered = [d.lower() for d in descriptions]
-        return next((i + 1 for i, d in enumerate(lowered) if FILTER_BAND.lower() in d),
-                    next((i + 1 for i, d in enumerate(lowered) if d == RAW_BAND), 1))
-    text = str(band)
-    if text.isdigit():
-        if not 1 <= int(text) <= ds.count:
-            raise LczmapError(f"--band {text}: {path} has bands 1-{ds.count}")
-        return int(text)
-    for i, d in enumerate(descriptions):
-        if d == text:
-            return i + 1
-    named = ", ".join(f"{i + 1}={d}" for i, d in enumerate(descriptions) if d) or "none named"
-    raise LczmapError(f"--band {text}: no band of {path} has that description ({named})")
-
-
-def _open_raster(path: Path):
-    import rasterio
-
-    if not path.exists():
-        raise LczmapError(f"{path}: file does not exist")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise LczmapError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
-
-
-class LczBand:
-    """One band of an LCZ map, open and read window by window as uint8 codes 1-17, 0 where the map has no class.
-
-    Any integer or float type; the band's nodata (-999, -1, 255, NaN ...) and every value that is not a class
-    (1-17, or 101-107 for A-G) read as 0; `info` lists up to ten such values that were not nodata (the lowest
-    of those in the windows read so far).
-    """
-
-    def __init__(self, path: Path, band: str | int | None = None):
-        self.path = path
-        self.ds = _open_raster(path)
-        try:
-            self.index = select_band(self.ds, band, path)
-            if self.ds.crs is None:
-                raise LczmapError(f"{path}: raster has no CRS")
-        except BaseException:
-            self.ds.close()
-            raise
-        self.transform, self.crs, self.shape = self.ds.transform, self.ds.crs, (self.ds.height, self.ds.width)
-        self._without_class: list[Any] = []
-
-    def __enter__(self) -> LczBand:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.ds.close()
-
-    @property
-    def info(self) -> dict[str, Any]:
-        i = self.index - 1
-        return {"index": self.index, "description": self.ds.descriptions[i], "dtype": self.ds.dtypes[i],
-                "nodata": self.ds.nodata, "values_without_class": list(self._without_class)}
-
-    def read(self, window: Any = None) -> np.ndarray:
-        data = self.ds.read(self.index, window=window, masked=True)
-        values = np.ma.getdata(data)
-        valid = ~np.ma.getmaskarray(data)
-        if not np.issubdtype(values.dtype, np.integer):
-            valid &= np.isfinite(values) & (values == np.round(values))
-            values = np.where(valid, values, 0)
-        codes = normalise_codes(values.astype(np.int64))
-        is_class = valid & (codes >= 1) & (codes <= N_CLASSES)
-        odd = np.unique(values[valid & ~is_class])[:10].tolist()
-        if odd:
-            self._without_class = sorted(set(self._without_class) | set(odd))[:10]
-        return np.where(is_class, codes, 0).astype(np.uint8)
 
 
 def read_lcz_band(path: Path, band: str | int | None = None) -> tuple[np.ndarray, Any, Any, dict[str, Any]]:
@@ -309,36 +229,6 @@ class RasterReference:
         }
 
 
-def majority_on_grid(codes: np.ndarray, src_transform, src_crs, shape: tuple[int, int], dst_transform, dst_crs,
-                     rows_per_chunk: int = 512) -> np.ndarray:
-    """Per destination cell, the most frequent class 1-17 among the source cells whose centres fall in it (0: none).
-
-    Ties go to the lower code. GDAL's mode resampling is not used: it counts every source cell that touches
-    a destination cell fully, so a lone cell loses to the class around it.
-    """
-    from pyproj import Transformer
-
-    to_dst = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
-    counts = np.zeros((shape[0] * shape[1], N_CLASSES + 1), np.int32)
-    flat_counts = counts.reshape(-1)
-    cols = np.arange(codes.shape[1]) + 0.5
-    for r0 in range(0, codes.shape[0], rows_per_chunk):
-        block = codes[r0 : r0 + rows_per_chunk]
-        rr, cc = np.meshgrid(np.arange(r0, r0 + len(block)) + 0.5, cols, indexing="ij")
-        keep = block > 0
-        xs, ys = to_dst.transform(*(src_transform * (cc[keep], rr[keep])))
-        c, r = ~dst_transform * (np.asarray(xs), np.asarray(ys))
-        r, c = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
-        inside = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
-        flat = (r[inside] * shape[1] + c[inside]) * (N_CLASSES + 1) + block[keep][inside]
-        if flat.size:  # counted over the span of cells this chunk reaches, not the whole grid
-            lo = int(flat.min())
-            span = np.bincount(flat - lo).astype(np.int32)
-            flat_counts[lo : lo + len(span)] += span
-    majority = counts[:, 1:].argmax(axis=1) + 1
-    return np.where(counts[:, 1:].any(axis=1), majority, 0).reshape(shape).astype(np.uint8)
-
-
 def agreement(map_codes: np.ndarray, on_map: np.ndarray, raster: bool) -> np.ndarray:
     """uint8 agreement codes per map pixel (see AGREEMENT); map-only cells are marked for a raster reference only."""
     out = np.zeros(map_codes.shape, np.uint8)
@@ -352,26 +242,23 @@ def agreement(map_codes: np.ndarray, on_map: np.ndarray, raster: bool) -> np.nda
 
 @contextmanager
 def agreement_writer(path: Path, shape: tuple[int, int], transform, crs, tags: dict[str, str]) -> Iterator[Any]:
-    """The agreement map as a tiled, compressed GeoTIFF with a colour table, open for writing by window.
-
-    Written under a temporary name, renamed to `path` when the block ends without error, else removed.
-    """
+    """The agreement map as a tiled, compressed GeoTIFF with a colour table at `path` (a temporary of
+    `atomic_files`), open for writing by window."""
     import rasterio
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     profile = {"driver": "GTiff", "width": shape[1], "height": shape[0], "count": 1, "dtype": "uint8",
                "crs": crs, "transform": transform, "nodata": 0, "compress": "deflate", "tiled": True,
                "blockxsize": AGREEMENT_BLOCK, "blockysize": AGREEMENT_BLOCK}
+    with writing(path, "agreement map"):
+        dst = rasterio.open(path, "w", **profile)
+        dst.write_colormap(1, {code: rgba for code, (_, rgba) in AGREEMENT.items()})
+        dst.set_band_description(1, "agreement")
+        dst.update_tags(**tags, **{f"code_{code}": name for code, (name, _) in AGREEMENT.items()})
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write_colormap(1, {code: rgba for code, (_, rgba) in AGREEMENT.items()})
-            dst.set_band_description(1, "agreement")
-            dst.update_tags(**tags, **{f"code_{code}": name for code, (name, _) in AGREEMENT.items()})
-            yield dst
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        yield dst
+    finally:
+        with writing(path, "agreement map"):  # GDAL writes the last blocks when the file is closed
+            dst.close()
 
 
 def stratified_test_draws(labels: np.ndarray, draws: int, fraction: float, seed: int) -> list[np.ndarray]:
@@ -410,18 +297,40 @@ def bootstrap(samples: PolygonSamples | PixelSamples, draws: int, fraction: floa
     }
 
 
-def _write_report(report: dict[str, Any], cm: np.ndarray, out: Path, title: str) -> Path:
+def _write_report(report: dict[str, Any], cm: np.ndarray, paths: dict[str, Path], title: str) -> None:
+    """The report JSON and confusion-matrix PNG at `paths` (temporaries of `atomic_files`)."""
     from .train.plots import confusion_figure
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, json_safe(report))
-    confusion_figure(cm, out.with_suffix(".png"), title)
-    return out
+    with writing(paths["report"], "evaluation report"):
+        paths["report"].write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    with writing(paths["confusion"], "confusion-matrix figure"):
+        confusion_figure(cm, paths["confusion"], title)
 
 
 def default_map_output(map_path: Path) -> Path:
     return map_path.with_name(f"{map_path.stem}.evaluation.json")
+
+
+def evaluation_outputs(out: Path, agreement: bool) -> dict[str, Path]:
+    """Every file an evaluation writes for `--out`: the report, the confusion-matrix PNG beside it and, for a
+    map, the agreement map `<stem>.agreement.tif`."""
+    paths = {"report": out, "confusion": out.with_suffix(".png")}
+    if agreement:
+        paths["agreement"] = out.with_name(f"{out.stem}.agreement.tif")
+    return paths
+
+
+def check_evaluation_outputs(out: Path, paths: dict[str, Path], inputs: list[tuple[str, str | Path]]) -> None:
+    """Refuse, before any work, outputs that would be one file twice (`--out r.png`: the report, then the PNG
+    over it) or that are, link to, or lie inside an input (`--out` equal to `--map`); OutputError."""
+    seen: dict[Path, str] = {}
+    for what, path in paths.items():
+        real = path.resolve()
+        if real in seen:
+            raise OutputError(f"--out {out}: the {seen[real]} and the {what} would both be {path}; "
+                              "name the report .json (the PNG and agreement map go beside it)")
+        seen[real] = what
+    check_outputs(out, paths.values(), inputs, what="evaluation")
 
 
 def evaluate_map(
@@ -446,58 +355,53 @@ def evaluate_map(
     if draws < 1:
         raise LczmapError(f"--bootstrap {draws}: needs at least 1 draw")
     out = Path(out) if out else default_map_output(map_path)
-    agreement_path = out.with_name(f"{out.stem}.agreement.tif")
-    raster = _is_raster(reference)
+    paths = evaluation_outputs(out, agreement=True)
+    check_evaluation_outputs(out, paths, [("the --map", map_path), ("the --reference", reference)])
+    raster = is_raster(reference)
     with LczBand(map_path, band) as lcz, (LczBand(reference) if raster else nullcontext()) as ref_band:
         ref: RasterReference | PolygonReference = (
             RasterReference(ref_band, lcz.transform, lcz.crs) if raster else PolygonReference(reference, column, lcz.crs))
         side = ref.window_side(window)
         tiles = Tiles(lcz.shape, (side, side))
-        made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-        out.parent.mkdir(parents=True, exist_ok=True)
         tags = {"map": map_path.name, "reference": reference.name, "lczmap_version": __version__}
-        try:
-            with agreement_writer(agreement_path, lcz.shape, lcz.transform, lcz.crs, tags) as dst:
+        with _output_folder(out), atomic_files(list(paths.values())) as written:
+            tmp = dict(zip(paths, written))
+            with agreement_writer(tmp["agreement"], lcz.shape, lcz.transform, lcz.crs, tags) as dst:
                 for i in range(tiles.shape.y):
                     for j in range(tiles.shape.x):
                         win = Window.from_slices(*tiles[i, j])
                         codes = lcz.read(win)
                         on_map = ref.update(codes, lcz.ds.window_transform(win))
                         dst.write(agreement(codes, on_map, raster), 1, window=win)
-                samples, info = ref.result()  # raises (and the agreement map is dropped) when nothing was compared
-        except BaseException:
-            for folder in made:  # the folders this run made for its outputs, innermost first, if still empty
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            raise
-        band_info = lcz.info
-    kind = "raster" if raster else "polygons"
-    cm = samples.confusion()
-    report = {
-        "map": str(map_path), "band": band_info, "reference": str(reference), "reference_kind": kind,
-        **({"column": column} if column and not raster else {}), **info,
-        "all_samples": {**scores(cm), "confusion_matrix": cm.tolist()},
-        "bootstrap": bootstrap(samples, draws, test_fraction, seed),
-        "agreement_map": agreement_path.name,
-        "agreement_codes": {str(code): name for code, (name, _) in AGREEMENT.items()},
-        "lczmap_version": __version__,
-    }
-    _write_report(report, cm, out, f"{map_path.name} vs {reference.name}: OA {report['all_samples']['oa']:.3f}")
+            samples, info = ref.result()  # raises (and nothing is kept) when nothing was compared
+            kind = "raster" if raster else "polygons"
+            cm = samples.confusion()
+            report = {
+                "map": str(map_path), "band": lcz.info, "reference": str(reference), "reference_kind": kind,
+                **({"column": column} if column and not raster else {}), **info,
+                "all_samples": {**scores(cm), "confusion_matrix": cm.tolist()},
+                "bootstrap": bootstrap(samples, draws, test_fraction, seed),
+                "agreement_map": paths["agreement"].name,
+                "agreement_codes": {str(code): name for code, (name, _) in AGREEMENT.items()},
+                "lczmap_version": __version__,
+            }
+            _write_report(report, cm, tmp, f"{map_path.name} vs {reference.name}: OA {report['all_samples']['oa']:.3f}")
     report["output"] = str(out)
     return json_safe(report)
 
 
-def _is_raster(path: Path) -> bool:
-    """A reference that GDAL opens as a raster (GeoTIFF etc.); vector files are read as polygons."""
-    import rasterio
-
-    if path.suffix.lower() in {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".kmz", ".gml", ".parquet"}:
-        return False
+@contextmanager
+def _output_folder(out: Path) -> Iterator[None]:
+    """Make `out`'s folder for the block; if the block fails, remove the folders it made (innermost first, if empty)."""
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with rasterio.open(path):
-            return True
-    except rasterio.errors.RasterioIOError:
-        return False
+        yield
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def evaluate_model(
@@ -509,6 +413,9 @@ def evaluate_model(
     from .train.datasets import open_source
 
     card = load_card(model)
+    out = Path(out) if out else Path.cwd() / f"{card.name}-{Path(data).stem}.evaluation.json"
+    paths = evaluation_outputs(out, agreement=False)
+    check_evaluation_outputs(out, paths, [("the --model folder", card.folder), ("the --data", data)])
     verify_weights(card)  # a card whose weights cannot be loaded is refused before the data is read
     source = open_source(data, split=split, partition=partition)
     # Keras is imported only once the inputs are known to be good.
@@ -537,7 +444,7 @@ def evaluate_model(
         "model": card.name, "model_folder": str(card.folder), "network": card.network, "data": source_info,
         **scores(cm), "confusion_matrix": cm.tolist(), "lczmap_version": __version__,
     }
-    out = Path(out) if out else Path.cwd() / f"{card.name}-{Path(data).stem}.evaluation.json"
-    _write_report(report, cm, out, f"{card.name} on {Path(data).name}: OA {report['oa']:.3f}")
+    with _output_folder(out), atomic_files(list(paths.values())) as written:
+        _write_report(report, cm, dict(zip(paths, written)), f"{card.name} on {Path(data).name}: OA {report['oa']:.3f}")
     report["output"] = str(out)
     return json_safe(report)

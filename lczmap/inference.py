@@ -16,16 +16,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .card import ModelCard, load_model
 from .classes import N_CLASSES
+from .config import cache_root
+from .nets.graphs import GraphBatch, build_graphs
+from .plan import PredictPlan
+from .sources import read_vhr_window
+from .stage import add_seconds
 from .tiling import BlockPatches
-
-if TYPE_CHECKING:
-    from .predict import PredictPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def cached_model(card: ModelCard, s2_stream: bool = False, precision: str = "flo
     key = (str(card.weights_path), card.weights_sha256, s2_stream, precision)
     with _models_lock:
         if key not in _models:
+            # Keras (and its backend) are heavy and optional: imported only once a model runs
             import keras
 
             from .nets.df4lcz import S2_NAME
@@ -80,13 +83,11 @@ def keep_compiled_networks() -> None:
     batch shape loads XLA's code instead of compiling it again (a cold `lczmap predict` of a 4 km city on JAX on
     this project's 2-core CPU: 21.5 -> 12.8 s). A user's own JAX_COMPILATION_CACHE_DIR wins; a folder that cannot
     be made leaves the cache off."""
-    import keras
+    import keras  # heavy and optional: only once a model runs
 
     if keras.backend.backend() != "jax" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
-    import jax
-
-    from .config import cache_root
+    import jax  # optional: only on the JAX backend
 
     folder = cache_root() / "jax"
     try:
@@ -111,7 +112,7 @@ def plan_model(plan: PredictPlan) -> tuple[Any, threading.Lock]:
 @functools.cache
 def accelerator() -> str | None:
     """The accelerator Keras' backend computes on ('gpu', 'tpu'), or None on CPU (asked once per process)."""
-    import keras
+    import keras  # heavy and optional, as are the backends below: only the one in use is imported
 
     backend = keras.backend.backend()
     if backend == "jax":
@@ -132,12 +133,12 @@ def accelerator() -> str | None:
 
 def device_description() -> str:
     """'<backend> on <device>', for the log line that says where a run computes."""
-    import keras
+    import keras  # heavy and optional: only once a model runs
 
     backend = keras.backend.backend()
     device = "CPU"
     if backend == "jax":
-        import jax
+        import jax  # optional: only on the JAX backend
 
         d = jax.devices()[0]
         device = f"{d.platform}:{d.id} ({getattr(d, 'device_kind', d.platform)})"
@@ -152,7 +153,7 @@ def auto_batch_size(card: ModelCard) -> int:
         return CPU_BATCH
     limit = MAX_AUTO_BATCH
     try:
-        import jax
+        import jax  # optional: only the JAX backend reports the device's memory
 
         memory = jax.devices()[0].memory_stats().get("bytes_limit")
     except Exception:  # not JAX, or a device that does not report its memory: the measured default
@@ -191,8 +192,6 @@ def prepare_block(plan: PredictPlan, rows: slice, cols: slice, seconds: dict[str
     the shape of inner ones (one compiled gather on the accelerator path). `seconds`, if given, gets the time
     of each step added (the AOI mask, each source's read, masking and normalising; benchmarks/predict.py).
     """
-    from .stage import add_seconds
-
     card, grid = plan.card, plan.grid
     t0 = time.perf_counter()
     in_aoi = plan.aoi_block(rows, cols)
@@ -233,12 +232,25 @@ def infer_block(plan: PredictPlan, prepared: PreparedBlock, on_device: bool | No
         padded = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])  # the last cell as filler
         inputs: Any = cutter.cut(padded) if cutter is not None else patches.take(padded)
         if plan.use_vhr:
-            inputs = {"s2": inputs, **plan.graphs(padded, rows, cols).inputs()}
+            inputs = {"s2": inputs, **vhr_graphs(plan, padded, rows, cols).inputs()}
         with lock:
             result = model.predict_on_batch(inputs)
         probs[start:start + len(part)] = np.asarray(result, dtype=np.float32)[:len(part)]
     out[:, cells[:, 0], cells[:, 1]] = probs.T
     return out
+
+
+def vhr_graphs(plan: PredictPlan, cells: np.ndarray, rows: slice, cols: slice) -> GraphBatch:
+    """DF4LCZ's segment graphs of the VHR windows of `cells` (block-relative (i, j), row-major) of block rows x cols.
+
+    Reads only the strip of block rows the cells lie in, so VHR memory is bounded by the batch.
+    """
+    vhr = next(s for s in plan.stage.sources if s.key == "vhr")
+    first, last = int(cells[:, 0].min()), int(cells[:, 0].max())
+    strip = slice(rows.start + first, rows.start + last + 1)
+    patches = read_vhr_window(vhr, plan.grid, strip, cols, plan.card.patch_size)
+    index = (cells[:, 0] - first) * (cols.stop - cols.start) + cells[:, 1]
+    return build_graphs(patches[index], max_nodes=int(plan.card.network_options.get("max_nodes", 50)))
 
 
 class DeviceCutter:
@@ -249,7 +261,7 @@ class DeviceCutter:
     """
 
     def __init__(self, image: np.ndarray, patch: int, step: int):
-        import keras
+        import keras  # heavy and optional: only on an accelerator
 
         self.ops = keras.ops
         h, w, bands = image.shape

@@ -1,4 +1,5 @@
-"""Read LCZ training areas: the LCZ Generator's KML/KMZ (one folder per class) or any vector file with a class column.
+"""Read LCZ references: training areas (the LCZ Generator's KML/KMZ, one folder per class, or any vector file with a
+class column) and LCZ maps (one band read window by window, its classes brought onto another grid by majority).
 
 Classes are read in every coding found in real files: `1`-`17`, letters `A`-`G` for 11-17, `lcz1` / `LCZ 1`,
 WRF's `101`-`107` for A-G, each optionally followed by a name (`"2 Compact midrise"`, `"A Dense trees"`).
@@ -26,7 +27,7 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
-from .classes import N_CLASSES, lcz_classes, normalise_code
+from .classes import N_CLASSES, lcz_classes, normalise_code, normalise_codes
 from .errors import LczmapError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ _LETTERS = {c.lcz.upper(): c.code for c in lcz_classes()}
 # "lcz", then the code (1-3 digits or one letter A-G), then nothing or a separator and a free-text name.
 _LABEL = re.compile(r"^(?:lcz[\s_\-]*)?(\d{1,3}|[a-g])(?:$|[\s_\-:)(,]+.*$|\.(?!\d).*$)", re.IGNORECASE)
 _PLACEMARK_KEY = "lczmap-placemark-"
+# Bands of the LCZ Generator's and the global LCZ map's GeoTIFFs: the Gaussian-filtered classes and the raw ones.
+FILTER_BAND = "lczFilter"
+RAW_BAND = "lcz"
 
 
 def parse_class(value: Any) -> int:
@@ -291,3 +295,126 @@ def _placemarks(root: ET.Element) -> list[tuple[str, str | None]]:
 def _child_text(node: ET.Element, tag: str) -> str | None:
     child = next((c for c in node if _local(c.tag) == tag), None)
     return child.text.strip() if child is not None and child.text else None
+
+
+# ---- LCZ maps as references: one band read window by window, and classes brought onto another grid ----
+
+def is_raster(path: Path) -> bool:
+    """A reference that GDAL opens as a raster (an LCZ map: GeoTIFF etc.); vector files are read as training areas."""
+    import rasterio
+
+    if path.suffix.lower() in {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".kmz", ".gml", ".parquet"}:
+        return False
+    try:
+        with rasterio.open(path):
+            return True
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+def select_band(ds, band: str | int | None, path: Path) -> int:
+    """1-based band index: a number, a band description, or by default the band named lczFilter, else lcz, else 1."""
+    descriptions = [d or "" for d in ds.descriptions]
+    if band is None:
+        lowered = [d.lower() for d in descriptions]
+        return next((i + 1 for i, d in enumerate(lowered) if FILTER_BAND.lower() in d),
+                    next((i + 1 for i, d in enumerate(lowered) if d == RAW_BAND), 1))
+    text = str(band)
+    if text.isdigit():
+        if not 1 <= int(text) <= ds.count:
+            raise LczmapError(f"--band {text}: {path} has bands 1-{ds.count}")
+        return int(text)
+    for i, d in enumerate(descriptions):
+        if d == text:
+            return i + 1
+    named = ", ".join(f"{i + 1}={d}" for i, d in enumerate(descriptions) if d) or "none named"
+    raise LczmapError(f"--band {text}: no band of {path} has that description ({named})")
+
+
+def _open_raster(path: Path):
+    import rasterio
+
+    if not path.exists():
+        raise LczmapError(f"{path}: file does not exist")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise LczmapError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+
+
+class LczBand:
+    """One band of an LCZ map, open and read window by window as uint8 codes 1-17, 0 where the map has no class.
+
+    Any integer or float type; the band's nodata (-999, -1, 255, NaN ...) and every value that is not a class
+    (1-17, or 101-107 for A-G) read as 0; `info` lists up to ten such values that were not nodata (the lowest
+    of those in the windows read so far).
+    """
+
+    def __init__(self, path: Path, band: str | int | None = None):
+        self.path = path
+        self.ds = _open_raster(path)
+        try:
+            self.index = select_band(self.ds, band, path)
+            if self.ds.crs is None:
+                raise LczmapError(f"{path}: raster has no CRS")
+        except BaseException:
+            self.ds.close()
+            raise
+        self.transform, self.crs, self.shape = self.ds.transform, self.ds.crs, (self.ds.height, self.ds.width)
+        self._without_class: list[Any] = []
+
+    def __enter__(self) -> LczBand:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ds.close()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        i = self.index - 1
+        return {"index": self.index, "description": self.ds.descriptions[i], "dtype": self.ds.dtypes[i],
+                "nodata": self.ds.nodata, "values_without_class": list(self._without_class)}
+
+    def read(self, window: Any = None) -> np.ndarray:
+        data = self.ds.read(self.index, window=window, masked=True)
+        values = np.ma.getdata(data)
+        valid = ~np.ma.getmaskarray(data)
+        if not np.issubdtype(values.dtype, np.integer):
+            valid &= np.isfinite(values) & (values == np.round(values))
+            values = np.where(valid, values, 0)
+        codes = normalise_codes(values.astype(np.int64))
+        is_class = valid & (codes >= 1) & (codes <= N_CLASSES)
+        odd = np.unique(values[valid & ~is_class])[:10].tolist()
+        if odd:
+            self._without_class = sorted(set(self._without_class) | set(odd))[:10]
+        return np.where(is_class, codes, 0).astype(np.uint8)
+
+
+def majority_on_grid(codes: np.ndarray, src_transform, src_crs, shape: tuple[int, int], dst_transform, dst_crs,
+                     rows_per_chunk: int = 512) -> np.ndarray:
+    """Per destination cell, the most frequent class 1-17 among the source cells whose centres fall in it (0: none).
+
+    Ties go to the lower code. GDAL's mode resampling is not used: it counts every source cell that touches
+    a destination cell fully, so a lone cell loses to the class around it.
+    """
+    from pyproj import Transformer
+
+    to_dst = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    counts = np.zeros((shape[0] * shape[1], N_CLASSES + 1), np.int32)
+    flat_counts = counts.reshape(-1)
+    cols = np.arange(codes.shape[1]) + 0.5
+    for r0 in range(0, codes.shape[0], rows_per_chunk):
+        block = codes[r0 : r0 + rows_per_chunk]
+        rr, cc = np.meshgrid(np.arange(r0, r0 + len(block)) + 0.5, cols, indexing="ij")
+        keep = block > 0
+        xs, ys = to_dst.transform(*(src_transform * (cc[keep], rr[keep])))
+        c, r = ~dst_transform * (np.asarray(xs), np.asarray(ys))
+        r, c = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
+        inside = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+        flat = (r[inside] * shape[1] + c[inside]) * (N_CLASSES + 1) + block[keep][inside]
+        if flat.size:  # counted over the span of cells this chunk reaches, not the whole grid
+            lo = int(flat.min())
+            span = np.bincount(flat - lo).astype(np.int32)
+            flat_counts[lo : lo + len(span)] += span
+    majority = counts[:, 1:].argmax(axis=1) + 1
+    return np.where(counts[:, 1:].any(axis=1), majority, 0).reshape(shape).astype(np.uint8)

@@ -2,47 +2,66 @@
 
 The region is cut per UTM zone (6-degree strips, north and south of the equator apart) into square tiles
 of `tile_km` on a grid fixed in the zone's coordinates (tile (i, j) spans [i T, (i+1) T) x [j T, (j+1) T)
-metres), so a tile's place never depends on the AOI. Each tile is mapped like a city, in its zone's grid,
+metres), so a tile's place never depends on the AOI. Each tile is planned like a city, in its zone's grid,
 over its core plus a halo of the largest filter radius: the Gaussian filter of every core cell then sees
-exactly the cells it sees in one grid, so tiles meet without seams. A tile's core is kept as a COG in
-`<out>.tiles/<EPSG>/`; finished tiles are the resumable units (a rerun after a kill maps only the rest).
-The mosaic is written in EPSG:4326 at the global LCZ map's 0.000898 degrees (or `--crs`) block by block
-through the city's writer (lczmap.predict / lczmap.mosaic), as the same files as a city's map; with `--tiles`,
-the same files per zone as VRTs over its tile COGs.
+exactly the cells it sees in one grid, so tiles meet without seams. The class bands of a tile's block graph
+are cut to its core and kept as a COG in `<out>.tiles/<EPSG>/`; finished tiles are the resumable units (a
+rerun after a kill maps only the rest). The mosaic is written in EPSG:4326 at the global LCZ map's
+0.000898 degrees (or `--crs`) block by block (lczmap.mosaic.mosaic_block) through the city's writer
+(lczmap.outputs), as the same files as a city's map; with `--tiles`, the same files per zone as VRTs over
+its tile COGs.
 
-Tasks run on the threaded scheduler here, or as one task per tile on a Dask cluster (the client holds
-only the tile list and small results; tiles are written by the workers).
+Tasks run where lczmap.cluster.runner puts them: tile after tile here, or one task per tile on a Dask
+cluster (the client holds only the tile list and small results; tiles are written by the workers).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import shapely
+from distributed import as_completed
+from odc.geo.crs import CRS
+from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from pyproj import Transformer
+from rasterio.features import geometry_mask
+from tqdm import tqdm
 
-from .atomic import atomic_files, blocks_folder, write_json_atomic
+from .aoi import read_aoi
+from .atomic import write_json_atomic
+from .card import resolve_model
+from .cluster import Runner, runner
 from .config import CityConfig
 from .errors import LczmapError
-from .grid import to_lonlat
+from .grid import to_lonlat, utm_crs
+from .inference import plan_model
+from .mosaic import (LCZ_FILTER, N_CLASS_BANDS, STATUS, aoi_array, area_method, block_areas, cell_areas_km2, class_stack,
+                     mosaic_block, mosaic_geobox)
+from .outputs import (Band, check_output, class_files, class_styles, colour_tag, draw_quicklook, file_set, map_tags,
+                      output_paths, region_summary, write_array_cog, write_class_cogs, write_summary, write_tile_vrts,
+                      zone_files)
+from .plan import MosaicPlan, RegionPlan, RegionSpec, Tile
+from .predict import MAPPING_NETWORKS, block_tasks, plan_city
+from .stage import blockwise_array
 
 log = logging.getLogger(__name__)
 
 # A single UTM grid serves AOIs up to this width; wider ones are mapped as a region of tiles.
 REGION_EXTENT_M = 400_000
 DEFAULT_TILE_KM = 32.0
-# Pixel size of the global LCZ map (Demuzere et al. 2022), about 100 m at the equator.
-GLOBAL_LCZ_DEGREES = 0.000898315284120171
 # The filter's reach: the largest kernel radius of FILTER_RADIUS_SIGMA_M (LCZ 8 and 10), in metres.
 FILTER_REACH_M = 500.0
 STATE_FILE = "region.json"
@@ -50,57 +69,14 @@ STATE_FILE = "region.json"
 TILE_BANDS = ("lcz", "lczFilter", "lczProbability", "filled")
 # Cells per side of a mosaic block (the unit of reprojection and writing).
 MOSAIC_BLOCK = 1024
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One resumable unit: its core (the cells it delivers) and the AOI it is mapped over (core + halo)."""
-
-    id: str
-    epsg: int
-    core_wkt: str  # core polygon in the zone CRS: the tile square, clipped to its zone strip (with a one-cell overlap)
-    aoi_wkt: str  # the region's AOI within the core's halo, in the zone CRS
-
-    @property
-    def crs(self) -> str:
-        return f"EPSG:{self.epsg}"
-
-    def delivered(self) -> Any:
-        """The part of the AOI this tile delivers (its core within the AOI), in the zone CRS."""
-        return shapely.from_wkt(self.core_wkt).intersection(shapely.from_wkt(self.aoi_wkt))
-
-
-@dataclass(frozen=True)
-class RegionSpec:
-    """What every tile task needs: the inputs, the predict options and where tiles go (pure data, picklable)."""
-
-    config: CityConfig
-    work: Path
-    model: str
-    resolution: float
-    filter: bool
-    options: dict[str, Any]  # the other predict_city options (batch_size, nodata_threshold, vhr, ...)
-
-    def tile_path(self, tile: Tile) -> Path:
-        return self.work / str(tile.epsg) / f"{tile.id}.tif"
-
-
-@dataclass(frozen=True)
-class RegionPlan:
-    spec: RegionSpec
-    out: Path
-    crs: str  # the mosaic's CRS
-    tiles: tuple[Tile, ...]
-    tiles_output: bool
-    tile_km: float
+# The mosaic's files, by lczmap.outputs.output_paths key (a region has no probabilities file).
+MOSAIC_FILES = ("map", "map_aux", "lcz3", "filled", "quicklook", "style", "lcz3_style", "summary")
 
 
 def needs_region(aoi: Geometry, tile_km: float | None = None) -> bool:
     """True when the AOI is mapped as a region: wider than REGION_EXTENT_M (in its own UTM zone), or tiles are asked for."""
     if tile_km is not None:
         return True
-    from .grid import utm_crs
-
     crs = utm_crs(aoi)
     minx, miny, maxx, maxy = to_lonlat(aoi).to_crs(crs).boundingbox
     return max(maxx - minx, maxy - miny) > REGION_EXTENT_M
@@ -136,8 +112,6 @@ def in_zone_strip(box: Any, epsg: int) -> np.ndarray:
     Half-open, so a point on the edge of two strips belongs to one: counting each zone's cells with this
     counts every place once, although tile cores overlap by a cell across a zone edge.
     """
-    from pyproj import Transformer
-
     h, w = box.shape
     cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     x, y = box.affine * (cols, rows)
@@ -184,8 +158,6 @@ def plan_tiles(aoi: Geometry, tile_km: float = DEFAULT_TILE_KM, resolution: floa
 
 def output_crs(crs: str | None) -> str:
     """The mosaic's CRS: EPSG:4326 by default, else `crs` as PROJ knows it."""
-    from odc.geo.crs import CRS
-
     try:
         return str(CRS(crs or "EPSG:4326"))
     except Exception:  # pyproj's many error types; one line for the user
@@ -196,14 +168,10 @@ def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: 
                 tile_km: float | None = None, tiles_output: bool = False, filter: bool = True, **options: Any) -> RegionPlan:
     """Check the options, cut the AOI into tiles and prepare `<out>.tiles/` (kept only while its inputs are unchanged).
 
-    `options` go to every tile's predict_city (batch_size, nodata_threshold, vhr, ...).
+    `options` go to every tile's plan_city (batch_size, nodata_threshold, vhr, ...).
     """
-    from .aoi import read_aoi
-    from .card import load_card
-
-    out = Path(out)
-    _check_out(out)
-    card = load_card(model)  # an unknown model stops the run before any tile is planned
+    out = check_output(out, config)
+    card = resolve_model(model, MAPPING_NETWORKS)  # a model that cannot map stops the run before any tile
     tile_km = DEFAULT_TILE_KM if tile_km is None else float(tile_km)
     mosaic_crs = output_crs(crs)
     tiles = plan_tiles(read_aoi(config.aoi), tile_km, resolution)
@@ -216,17 +184,6 @@ def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: 
              "inputs": _input_stamps(config), "tile_bands": list(TILE_BANDS)}  # tiles of another layout are redone
     _prepare_work(work, state)
     return RegionPlan(spec=spec, out=out, crs=mosaic_crs, tiles=tuple(tiles), tiles_output=tiles_output, tile_km=tile_km)
-
-
-def _check_out(out: Path) -> None:
-    if out.is_dir():
-        raise LczmapError(f"--out {out}: is a folder; name the GeoTIFF to write, e.g. {out / 'region.tif'}")
-    if not out.parent.is_dir():
-        raise LczmapError(f"--out {out}: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise LczmapError(f"--out {out}: folder {out.parent} is not writable")
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise LczmapError(f"--out {out}: the map is a GeoTIFF; give a name ending in .tif")
 
 
 def _input_stamps(config: CityConfig) -> list[Any]:
@@ -261,73 +218,34 @@ def _prepare_work(work: Path, state: dict[str, Any]) -> None:
 def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
     """Map one tile over core + halo, keep its core as a COG at spec.tile_path(tile); returns its area table.
 
-    The tile COG holds `class_stack`'s four bands (lcz, lczFilter, lczProbability, filled) on the tile's
-    core cells (0 elsewhere), written by the city's writer pieces. Idempotent: a tile whose COG exists is not redone.
+    The tile is planned like a city over its AOI (core + halo) in its zone's grid; its class bands
+    (`class_stack`'s four: lcz, lczFilter, lczProbability, filled) are computed block by block, cut to the
+    cells holding the core (0 outside the core) and written as the tile's COG by the city's writer pieces.
+    Idempotent: a tile whose COG exists is not redone.
     """
-    import rasterio
-    from odc.geo.geobox import GeoBox
-    from rasterio.features import geometry_mask
-
-    from .mosaic import LCZ_FILTER, Band, class_vrt, translate_cog, write_block
-    from .predict import output_paths, predict_city
-
     path = spec.tile_path(tile)
     if path.exists():
         return {"id": tile.id, "skipped": True, "path": str(path), "areas": _tile_areas(path, tile.epsg).tolist()}
     t0 = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.parent / f".{tile.id}.{os.getpid()}.tmp"
-    scratch.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        aoi_file = scratch / "aoi.geojson"
-        aoi_file.write_text(json.dumps({"type": "FeatureCollection",
-                                        "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{tile.epsg}"}},
-                                        "features": [{"type": "Feature", "properties": {},
-                                                      "geometry": shapely.geometry.mapping(shapely.from_wkt(tile.aoi_wkt))}]}))
-        config = replace(spec.config, aoi=aoi_file, name=tile.id)
-        files = output_paths(scratch / "tile.tif")
-        predict_city(config, files["map"], model=spec.model, resolution=spec.resolution, crs=tile.crs, filter=spec.filter,
-                     progress=False, **spec.options)
-        with rasterio.open(files["lcz3"]) as src, rasterio.open(files["filled"]) as filled:
-            window = _outer_window(src.window(*tile.delivered().bounds))
-            index = {name: b for b, name in enumerate(src.descriptions, start=1)}
-            # class_stack's layout; without the filter its lczFilter is the raw class, as in class_stack
-            data = np.concatenate([src.read([index["lcz"], index.get("lczFilter", index["lcz"]), index["lczProbability"]],
-                                            window=window, boundless=True, fill_value=0),
-                                   filled.read([1], window=window, boundless=True, fill_value=0)])
-            box = GeoBox(data.shape[1:], src.window_transform(window), src.crs)
-            tags = src.tags()
-        data[:, geometry_mask([shapely.from_wkt(tile.core_wkt)], out_shape=box.shape, transform=box.affine)] = 0
-        rows, cols = slice(0, box.shape[0]), slice(0, box.shape[1])
-        write_block(data, str(scratch / "b0_0.tif"), box, rows, cols, area_band=LCZ_FILTER)
-        areas = _zone_areas(data, box, tile.epsg)
-        bands = [Band(b + 1, name) for b, name in enumerate(TILE_BANDS)]  # no colour table: TIFF has none for 4 bands
-        vrt = scratch / "tile.vrt"
-        vrt.write_text(class_vrt(box, [("b0_0.tif", rows, cols)], bands, tags))
-        translate_cog(vrt, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+    plan = plan_city(replace(spec.config, name=tile.id), spec.model, resolution=spec.resolution, crs=tile.crs,
+                     aoi=Geometry(shapely.from_wkt(tile.aoi_wkt), tile.crs), **spec.options)
+    # The output cells that hold the delivered part, on the tile's own grid (a millionth of a cell of slack).
+    roi = plan.grid.output.overlap_roi(GeoBox.from_bbox(tile.delivered().bounds, tile.crs, resolution=spec.resolution,
+                                                        tol=1e-6))
+    box = plan.grid.output[roi]
+    plan_model(plan)  # load the model (and start the backend) before the first block, not inside it
+    stack = class_stack(block_tasks(plan), aoi_array(plan), plan.resolution, filter=spec.filter)
+    data = Runner(desc="tile blocks")(stack[(slice(None), *roi)])
+    data[:, geometry_mask([shapely.from_wkt(tile.core_wkt)], out_shape=box.shape, transform=box.affine)] = 0
+    bands = [Band(b + 1, name) for b, name in enumerate(TILE_BANDS)]  # no colour table: TIFF has none for 4 bands
+    write_array_cog(data, box, path, bands, {**map_tags(plan), "LCZ_COLOURS": colour_tag()})
     return {"id": tile.id, "skipped": False, "seconds": round(time.perf_counter() - t0, 3), "path": str(path),
-            "areas": areas.tolist()}
-
-
-def _outer_window(exact: Any) -> Any:
-    """The whole-pixel window that holds a fractional one (rasterio Window)."""
-    from rasterio.windows import Window
-
-    col, row = math.floor(exact.col_off + 1e-6), math.floor(exact.row_off + 1e-6)
-    return Window(col, row, math.ceil(exact.col_off + exact.width - 1e-6) - col,
-                  math.ceil(exact.row_off + exact.height - 1e-6) - row)
+            "areas": _zone_areas(data, box, tile.epsg).tolist()}
 
 
 def _tile_areas(path: Path, epsg: int) -> np.ndarray:
     """The (status, code) area table of a tile COG (see `_zone_areas`)."""
-    import rasterio
-    from odc.geo.geobox import GeoBox
-
     with rasterio.open(path) as src:
         data = src.read()
         box = GeoBox(src.shape, src.transform, src.crs)
@@ -338,67 +256,40 @@ def _zone_areas(data: np.ndarray, box: Any, epsg: int) -> np.ndarray:
     """The (status, code) area table of a tile's delivered band (lczFilter), in km2 of its own cells, counting only
     cells whose centre lies in its zone's strip: the one-cell overlap of the core across a zone edge (kept in the
     tile so the mosaic has no gap) is the neighbouring zone's, and counted there."""
-    from .mosaic import LCZ_FILTER, STATUS, block_areas, cell_areas_km2
-
     counted = in_zone_strip(box, epsg)
     return block_areas(np.where(counted, data[LCZ_FILTER], 0), np.where(counted, data[STATUS], 0), cell_areas_km2(box))
 
 
 # ---- the mosaic ---------------------------------------------------------------------------------------
 
-def mosaic_geobox(plan: RegionPlan):
-    """The mosaic's grid: the region's bounds in the mosaic CRS, at GLOBAL_LCZ_DEGREES (scaled by resolution) or metres."""
-    from odc.geo.crs import CRS
-    from odc.geo.geobox import GeoBox
-
-    crs = CRS(plan.crs)
-    res = GLOBAL_LCZ_DEGREES * plan.spec.resolution / 100.0 if crs.geographic else plan.spec.resolution
-    bounds = None
-    for tile in plan.tiles:
-        b = Geometry(tile.delivered(), tile.crs).to_crs(crs).boundingbox
-        bounds = b if bounds is None else (min(bounds[0], b[0]), min(bounds[1], b[1]), max(bounds[2], b[2]), max(bounds[3], b[3]))
-    return GeoBox.from_bbox(bounds, crs, resolution=res)
-
-
-@dataclass(frozen=True)
-class _Mosaic:
-    """What a mosaic block task needs: the mosaic grid, and every tile COG with its bounds in the mosaic CRS."""
-
-    box: Any  # GeoBox
-    tiles: tuple[tuple[str, tuple[float, float, float, float]], ...]
-
-
 def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
-    """Write the delivered files from the tile COGs, as a city's (see `predict.output_paths`); returns the summary.
+    """Write the delivered files from the tile COGs, as a city's (see `lczmap.outputs.output_paths`); returns the summary.
 
-    The mosaic: the tiles reprojected (nearest neighbour) block by block onto the mosaic grid by the city's
-    blockwise writer (block GeoTIFFs, a VRT per file, copied to COGs by GDAL), so memory is a block's, not the
-    region's; its areas are those of the written grid, and its quicklook is drawn from the COGs' overviews.
+    The mosaic: the tiles reprojected (nearest neighbour) block by block onto the mosaic grid and written by the
+    city's blockwise writer (block GeoTIFFs, a VRT per file, copied to COGs by GDAL), so memory is a block's, not
+    the region's; its areas are those of the written grid, and its quicklook is drawn from the COGs' overviews.
     With `--tiles`: per zone, VRTs over the tile COGs with the same bands, and areas of the tiles' cells (each
     place counted in one zone); no quicklook, as a figure of one zone would show only part of the region.
     """
-    from .mosaic import area_method
-    from .predict import class_files, class_styles, draw_quicklook, output_paths
-
     spec, out = plan.spec, plan.out
     t0 = time.perf_counter()
     tags = _mosaic_tags(plan)
     files = class_files(spec.filter, tags)
     bands = {key: [b.description for b in file_bands] for key, (file_bands, _, _) in files.items()}
     paths = output_paths(out)
+    zones = sorted({t.epsg for t in plan.tiles})
     if plan.tiles_output:
-        zones = sorted({t.epsg for t in plan.tiles})
-        written = {f"{epsg}{suffix}": path for epsg in zones
-                   for suffix, path in _zone_paths(out.with_name(f"{out.stem}_{epsg}.tif")).items()}
-        wanted = {**written, "summary": paths["summary"]}
+        wanted = {key: path for epsg in zones for key, path in zone_files(out, epsg).items()}
+        wanted["summary"] = paths["summary"]
     else:
-        wanted = {k: paths[k] for k in ("map", "map_aux", "lcz3", "filled", "quicklook", "style", "lcz3_style", "summary")}
+        wanted = {k: paths[k] for k in MOSAIC_FILES}
     # Locked on the mosaic's name in both cases, so a --tiles run and a mosaic run of one --out never overlap.
-    lock = [] if "map" in wanted else [out]
-    with atomic_files([*lock, *wanted.values()]) as all_tmps:
-        tmp = dict(zip(wanted, all_tmps[len(lock):]))
+    with file_set(wanted, lock=None if "map" in wanted else out) as tmp:
         if plan.tiles_output:
-            areas = _write_zone_vrts(plan, results, files, tmp)
+            for epsg in zones:
+                write_tile_vrts([spec.tile_path(t) for t in plan.tiles if t.epsg == epsg], epsg, files, tmp, spec.filter,
+                                folder=out.parent)
+            areas = np.sum([r["areas"] for r in results], axis=0)
             method = "cell size of the tiles' UTM grids, each place counted in one zone (cell centres in its strip)"
         else:
             box, areas = _write_mosaic_cogs(plan, files, tmp)
@@ -408,15 +299,13 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
             for key, text in class_styles(spec.filter).items():
                 tmp[key].write_text(text)
         seconds["mosaic"] = round(time.perf_counter() - t0, 3)
-        summary = _summary(plan, areas, seconds, {k: p.name for k, p in wanted.items()}, bands, method)
-        tmp["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+        summary = region_summary(plan, areas, seconds, {k: p.name for k, p in wanted.items()}, bands, method)
+        write_summary(tmp["summary"], summary)
     return summary
 
 
 def _mosaic_tags(plan: RegionPlan) -> dict[str, str]:
     """A tile's tags (model, weights, version, ...) less those of the tile alone, plus the region's."""
-    import rasterio
-
     with rasterio.open(plan.spec.tile_path(plan.tiles[0])) as src:
         tags = src.tags()
     for key in ("created", "city", "inputs", "LCZ_COLOURS", "AREA_OR_POINT"):
@@ -424,115 +313,19 @@ def _mosaic_tags(plan: RegionPlan) -> dict[str, str]:
     return {**tags, "region": plan.spec.config.name, "tiles": str(len(plan.tiles))}
 
 
-def _zone_paths(zone: Path) -> dict[str, Path]:
-    """A zone's VRTs (named like a city's files, `.vrt`) and styles, by key suffix."""
-    from .predict import output_paths
-
-    paths = output_paths(zone)
-    return {"": paths["map"].with_suffix(".vrt"), "_lcz3": paths["lcz3"].with_suffix(".vrt"),
-            "_filled": paths["filled"].with_suffix(".vrt"), "_style": paths["style"], "_lcz3_style": paths["lcz3_style"]}
-
-
-def _write_zone_vrts(plan: RegionPlan, results: list[dict[str, Any]], files: dict[str, Any],
-                     tmp: dict[str, Path]) -> np.ndarray:
-    """Per zone, a VRT of each file over the zone's tile COGs (same grid, no resampling); the tiles' summed areas."""
-    import rasterio
-    from affine import Affine
-    from odc.geo.geobox import GeoBox
-
-    from .mosaic import class_vrt
-    from .predict import class_styles
-
-    for epsg in sorted({t.epsg for t in plan.tiles}):
-        infos = []
-        for tile in (t for t in plan.tiles if t.epsg == epsg):
-            path = plan.spec.tile_path(tile)
-            with rasterio.open(path) as src:
-                infos.append((path, src.transform, src.height, src.width, src.crs))
-        res = infos[0][1].a
-        x0, y0 = min(i[1].c for i in infos), max(i[1].f for i in infos)
-        x1, y1 = max(i[1].c + i[3] * res for i in infos), min(i[1].f - i[2] * res for i in infos)
-        box = GeoBox((round((y0 - y1) / res), round((x1 - x0) / res)), Affine(res, 0, x0, 0, -res, y0), infos[0][4])
-        blocks = []
-        for path, tr, h, w, _ in infos:
-            row, col = round((y0 - tr.f) / res), round((tr.c - x0) / res)
-            blocks.append((os.path.relpath(path, plan.out.parent), slice(row, row + h), slice(col, col + w)))
-        for key, (bands, file_tags, _) in files.items():
-            tmp[f"{epsg}{'' if key == 'map' else '_' + key}"].write_text(class_vrt(box, blocks, bands, file_tags))
-        for key, text in class_styles(plan.spec.filter).items():
-            tmp[f"{epsg}_{key}"].write_text(text)
-    return np.sum([r["areas"] for r in results], axis=0)
-
-
-def _write_mosaic_cogs(plan: RegionPlan, files: dict[str, Any], tmp: dict[str, Path]) -> tuple[Any, np.ndarray]:
+def _write_mosaic_cogs(plan: RegionPlan, files: dict[str, Any], tmp: dict[str, Path]) -> tuple[GeoBox, np.ndarray]:
     """The tiles reprojected block by block onto the mosaic grid and written as the city's COGs; (grid, areas)."""
-    import rasterio
-
-    from .cluster import graph_runner
-    from .mosaic import LCZ_FILTER, N_CLASS_BANDS, write_blocks
-    from .predict import write_cogs
-    from .stage import blockwise_array
-
     box = mosaic_geobox(plan)
     tiles = []
     for tile in plan.tiles:
         path = plan.spec.tile_path(tile)
         with rasterio.open(path) as src:
             tiles.append((str(path), tuple(Geometry(shapely.box(*src.bounds), src.crs.wkt).to_crs(box.crs).boundingbox)))
-    mosaic = _Mosaic(box=box, tiles=tuple(tiles))
-    stack = blockwise_array(_mosaic_block, mosaic, f"lczmap-mosaic-{plan.spec.config.name}-{os.getpid()}", box.shape,
-                            MOSAIC_BLOCK, N_CLASS_BANDS).astype(np.uint8)
-    run = graph_runner(None, None, False, desc="mosaic blocks")  # threads here, or the worker's threads on a cluster
-    folder = blocks_folder(tmp["map"])
-    try:
-        areas = write_blocks(stack, box, folder, run, area_band=LCZ_FILTER)
-        write_cogs(box, folder, stack.chunks[1:], files, tmp, run)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return box, areas
-
-
-def _mosaic_block(mosaic: _Mosaic, rows: slice, cols: slice) -> np.ndarray:
-    """One mosaic block: every tile that reaches it, reprojected by nearest neighbour; a cell comes from the tile that
-    holds it (status > 0), the later tile where two do (the one-cell overlap at a zone edge)."""
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
-
-    from .mosaic import N_CLASS_BANDS, STATUS
-
-    sub = mosaic.box[rows, cols]
-    left, bottom, right, top = sub.boundingbox
-    out = np.zeros((N_CLASS_BANDS, *sub.shape), np.uint8)
-    for path, (w, s, e, n) in mosaic.tiles:
-        if w >= right or e <= left or s >= top or n <= bottom:
-            continue
-        with rasterio.open(path) as src, WarpedVRT(src, crs=sub.crs.wkt, transform=sub.affine, width=sub.shape[1],
-                                                  height=sub.shape[0], resampling=Resampling.nearest, nodata=0) as vrt:
-            new = vrt.read()
-        inside = new[STATUS] != 0
-        out[:, inside] = new[:, inside]
-    return out
-
-
-def _summary(plan: RegionPlan, areas: np.ndarray, seconds: dict[str, float], outputs: dict[str, str],
-             bands: dict[str, list[str]], method: str) -> dict[str, Any]:
-    from .mosaic import area_summary
-
-    return {
-        "region": plan.spec.config.name,
-        "outputs": outputs,
-        "bands": bands,
-        "area_band": "lczFilter" if plan.spec.filter else "lcz",
-        "area_method": method,
-        **area_summary(np.asarray(areas)),
-        "crs": plan.crs,
-        "tiles": len(plan.tiles),
-        "tile_km": plan.tile_km,
-        "zones": sorted({t.epsg for t in plan.tiles}),
-        "seconds": seconds,
-        "resolution_m": plan.spec.resolution,
-    }
+    stack = blockwise_array(mosaic_block, MosaicPlan(box=box, tiles=tuple(tiles)),
+                            f"lczmap-mosaic-{plan.spec.config.name}-{os.getpid()}", box.shape, MOSAIC_BLOCK,
+                            N_CLASS_BANDS).astype(np.uint8)
+    # threads here, or the worker's threads on a cluster
+    return box, write_class_cogs(stack, box, files, tmp, Runner(desc="mosaic blocks"), area_band=LCZ_FILTER)
 
 
 # ---- running it --------------------------------------------------------------------------------------
@@ -546,10 +339,6 @@ def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = No
     with one, every tile is a task on a worker, which writes the tile itself. A failed tile fails the run
     after the others are done; finished tiles stay, so the same command resumes.
     """
-    import contextlib
-
-    from .cluster import dask_client
-
     t0 = time.perf_counter()
     done = sum(plan.spec.tile_path(t).exists() for t in plan.tiles)
     log.info("%s: %d tiles of %g km in %d UTM zone(s); %d already done", plan.spec.config.name, len(plan.tiles),
@@ -562,37 +351,25 @@ def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = No
         if on_tile is not None:
             on_tile(result)
 
-    with contextlib.ExitStack() as stack:
-        if client is None and (workers is not None or scheduler is not None):
-            client = stack.enter_context(dask_client(workers, scheduler, threads=threads))
-        if client is None:
-            bar = _bar(progress, len(plan.tiles))
-            for tile in plan.tiles:
-                try:
-                    finished(map_tile(plan.spec, tile))
-                except LczmapError:
-                    raise  # bad input fails every tile alike: stop at the first
-                except Exception as exc:  # noqa: BLE001  one tile's failure; the others go on
-                    errors.append(f"tile {tile.id}: {type(exc).__name__}: {exc}".splitlines()[0])
-                bar.update()
-            bar.close()
+    with runner(client, workers, threads, scheduler) as run:
+        client = run.client
+        if client is None:  # one tile after another here
+            outcomes = ((f"tile {t.id}", functools.partial(map_tile, plan.spec, t)) for t in plan.tiles)
         else:
-            from distributed import as_completed
-
             futures = client.map(map_tile, [plan.spec] * len(plan.tiles), plan.tiles, pure=False,
                                  key=[f"lczmap-tile-{t.id}-{os.getpid()}" for t in plan.tiles])
-            bar = _bar(progress, len(futures))
-            for future in as_completed(futures):
+            outcomes = _as_completed(futures)
+        with tqdm(total=len(plan.tiles), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
+            for name, result in outcomes:
                 try:
-                    finished(future.result())
-                except LczmapError:
-                    client.cancel(futures)
+                    finished(result())
+                except LczmapError:  # bad input fails every tile alike: stop at the first
+                    if client is not None:
+                        client.cancel(futures)
                     raise
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(f"{future.key}: {type(exc).__name__}: {exc}".splitlines()[0])
-                future.release()
+                except Exception as exc:  # noqa: BLE001  one tile's failure; the others go on
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}".splitlines()[0])
                 bar.update()
-            bar.close()
         if errors:
             raise LczmapError(f"{len(errors)} of {len(plan.tiles)} tiles failed ({errors[0]}); finished tiles are kept: "
                               f"run the same command again to resume")
@@ -602,7 +379,8 @@ def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = No
         return write_mosaic(plan, results, seconds)
 
 
-def _bar(progress: bool, total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="tiles", unit="tile", disable=not progress, leave=False)
+def _as_completed(futures: list[Any]) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    """(key, result getter) of each tile's future as it finishes; a future is released once its result is taken."""
+    for future in as_completed(futures):
+        yield future.key, future.result
+        future.release()

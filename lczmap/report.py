@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,35 @@ from pyproj import CRS
 
 from . import __version__
 from .classes import N_CLASSES, NODATA, lcz_classes
-from .errors import LczmapError
+from .errors import LczmapError, writing
 
 QUICKLOOK_DPI = 300  # journals ask for 300 dpi raster figures
 QUICKLOOK_FORMATS = {".png", ".pdf", ".svg"}
 MAX_QUICKLOOK_CELLS = 3000  # per side; more than a printed figure can show
-MAP_WIDTH_IN, MAP_MAX_HEIGHT_IN = 4.6, 6.0
-SCALE_BAR_OFFSET_IN = 0.42  # below the frame, under the tick labels
-CAPTION_OFFSET_IN = 0.72
-CAPTION_CHARS_PER_IN = 17  # at 7 pt: the caption wraps within the map's width
-LEGEND_OFFSET_IN = (0.25, -0.75)  # from the frame's top-right corner; the north arrow sits above the legend
-NORTH_ARROW_OFFSET_IN = (0.45, -0.05)
+# The figure is drawn at one journal column (8.5 cm), where every text is at least FONT_PT: printed at that
+# width nothing needs scaling down, and on two columns it only grows.
+FIGURE_WIDTH_IN = 8.5 / 2.54
+FONT_PT, TITLE_PT = 7, 8
+MARGIN_IN = (0.58, 0.06)  # left of the frame (the latitude labels, "35.865°N"), right of it
+MAP_MAX_HEIGHT_IN = 3.8
+MIN_FRAME_IN = 1.0  # the frame's least width and height: the north arrow and scale bar fit inside
+TITLE_GAP_IN = 0.08  # between the title and the frame
+BLOCK_GAP_IN = 0.1  # between the blocks stacked under the map: tick labels, legend, caption, credits
+INSET_IN = 0.1  # north arrow and scale bar from the frame's edges (inside it)
+SCALE_BAR_IN = 0.75  # the scale bar's longest length, rounded down to 1, 2 or 5 x 10^k m (so 0.3-0.75 in): its labels never crowd
+CHARS_PER_IN = 17  # at 7 pt: the title, caption and credits wrap within the figure's width
 MIN_TICK_GAP_IN = (0.7, 0.3)  # between labels along x and y: a lon/lat label is about 0.5 in long and 0.1 in high at 7 pt
-MIN_SCALE_SPAN_IN = 4.0  # a scale bar shorter than a tenth of this (the worst rounding) would not hold its labels
 NO_DATA_COLOUR = (0.95, 0.75, 0.95, 1.0)
+HALO = "white"  # outline of what is drawn over the classes, so it reads over dark and light ones alike
+
+# Attributions the data's licences ask for, by the kind of input a map was made from (lczmap.report.credits_for).
+CREDITS: dict[str, str] = {
+    "sentinel2": "Contains modified Copernicus Sentinel data{years}",
+    "copernicus_dem": "Copernicus DEM ©\u00a0DLR e.V. 2010-2014 and ©\u00a0Airbus Defence and Space GmbH 2014-2018, "
+                      "provided under COPERNICUS by the European Union and ESA",
+    "worldcover": "ESA WorldCover ©\u00a0ESA WorldCover project (CC BY 4.0)",
+    "osm": "©\u00a0OpenStreetMap contributors (ODbL)",
+}
 
 
 def nice_length(span_m: float) -> float:
@@ -38,22 +53,47 @@ def nice_length(span_m: float) -> float:
     return max(m * power for m in (1, 2, 5) if m * power <= target)
 
 
+def credits_for(kinds: Iterable[str], years: Iterable[int | str] = ()) -> list[str]:
+    """The credit lines for the kinds of input a map was made from, in CREDITS order, each once.
+
+    Kinds: "sentinel2", "copernicus_dem", "worldcover", "osm"; others (a user's own DSM or land cover,
+    the VHR image) ask for no credit and add none. `years`: the Sentinel-2 acquisition years, as its
+    licence asks ("Contains modified Copernicus Sentinel data 2023").
+    """
+    wanted = set(kinds)
+    span = sorted({str(y)[:4] for y in years})
+    years_text = "" if not span else f" {span[0]}" if len(span) == 1 else f" {span[0]}-{span[-1]}"
+    return [text.format(years=years_text) for kind, text in CREDITS.items() if kind in wanted]
+
+
+def quicklook_title(city: str = "", dates: Sequence[str] = ()) -> str:
+    """The figure's title: the city and the date range of its images ("Seoul: Local Climate Zones, 2022-09-20 to 2022-10-05")."""
+    days = sorted(str(d) for d in dates)
+    when = "" if not days else f", {days[0]}" if days[0] == days[-1] else f", {days[0]} to {days[-1]}"
+    return f"{city}: Local Climate Zones{when}" if city else f"Local Climate Zones{when}"
+
+
 def quicklook(
     lcz: np.ndarray, geobox: GeoBox | tuple[Affine, Any], path: str | Path, title: str = "",
-    aoi_mask: np.ndarray | None = None, *, dates: Sequence[str] = (), model: str | None = None,
-    caption: str = "", fmt: str | None = None, dpi: int = QUICKLOOK_DPI,
+    aoi_mask: np.ndarray | None = None, *, city: str = "", dates: Sequence[str] = (), model: str | None = None,
+    credits: Sequence[str] = (), caption: str = "", fmt: str | None = None, dpi: int = QUICKLOOK_DPI,
 ) -> Path:
-    """Save `quicklook_figure` of the map to `path`: as `fmt` (png, pdf, svg), else by the suffix of `path`, else PNG."""
+    """Save `quicklook_figure` of the map to `path`: as `fmt` (png, pdf, svg), else by the suffix of `path`, else PNG.
+
+    A failed write (a full disk, a file-size limit) is one OutputError naming `path` (a temporary as its final name).
+    """
     path = Path(path)
     fmt = (fmt or (path.suffix.lower().lstrip(".") if path.suffix.lower() in QUICKLOOK_FORMATS else "png")).lower()
     if f".{fmt}" not in QUICKLOOK_FORMATS:
         raise LczmapError(f"{path}: quicklook format {fmt!r} is not one of {', '.join(sorted(QUICKLOOK_FORMATS))}")
-    fig = quicklook_figure(lcz, geobox, title, aoi_mask, dates=dates, model=model, caption=caption, dpi=dpi)
+    fig = quicklook_figure(lcz, geobox, title, aoi_mask, city=city, dates=dates, model=model, credits=credits,
+                           caption=caption, dpi=dpi)
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1, format=fmt)
+        with writing(path, "quicklook"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.03, format=fmt)
     finally:
         plt.close(fig)
     return path
@@ -61,17 +101,22 @@ def quicklook(
 
 def quicklook_figure(
     lcz: np.ndarray, geobox: GeoBox | tuple[Affine, Any], title: str = "", aoi_mask: np.ndarray | None = None, *,
-    dates: Sequence[str] = (), model: str | None = None, caption: str = "", dpi: int = QUICKLOOK_DPI,
+    city: str = "", dates: Sequence[str] = (), model: str | None = None, credits: Sequence[str] = (),
+    caption: str = "", dpi: int = QUICKLOOK_DPI,
 ):
-    """Draw an LCZ map as a figure for a paper: WUDAPT colours, lon/lat graticule, north arrow, scale bar,
-    a legend of all 17 classes (present ones in bold with their share), and a caption line with the CRS,
-    cell size, image date(s) and model.
+    """Draw an LCZ map as a one-column figure for a paper (8.5 cm wide, no text under 7 pt).
+
+    From the top: the title (`title`, else `quicklook_title(city, dates)`); the map in WUDAPT colours with a
+    lon/lat graticule (haloed, so it shows over dark classes) and, inside the frame with a halo, a north arrow
+    (top right) and a scale bar (bottom left); a two-column legend of all 17 classes (present ones in bold with
+    their share); a caption line with the CRS, cell size, image date(s), model and `caption`; and the
+    `credits` of the data (see `credits_for`).
 
     `lcz` holds codes 0-17 on `geobox` (an odc-geo GeoBox or an (affine, crs) pair) in any CRS, projected
     or geographic: pass the array that was written (decimated for large maps), so the figure shows the
     file. Given `aoi_mask`, cells inside the AOI without a class are light purple ("no data", unlike any
-    WUDAPT colour); outside it the map is blank. The scale bar and north arrow sit outside the map frame,
-    so they never hide a cell (their artists carry gid "scale_bar" and "north_arrow").
+    WUDAPT colour); outside it the map is blank. Artists carry gids: "title", "north_arrow", "scale_bar",
+    "caption", "credits".
     """
     import matplotlib
 
@@ -94,75 +139,106 @@ def quicklook_figure(
     left, top = affine * (0, 0)
     right, bottom = affine * (lcz.shape[1], lcz.shape[0])
     bottom, top = min(bottom, top), max(bottom, top)
-    frame = _MapFrame(crs, left, bottom, right, top)
-
-    ratio = (top - bottom) * frame.aspect / (right - left)
-    map_w = MAP_WIDTH_IN if ratio * MAP_WIDTH_IN <= MAP_MAX_HEIGHT_IN else MAP_MAX_HEIGHT_IN / ratio
+    extent = (left, right, bottom, top)
+    aspect = _MapFrame.aspect_of(crs, left, bottom, right, top)
+    ratio = (top - bottom) * aspect / (right - left)
+    room = FIGURE_WIDTH_IN - sum(MARGIN_IN)
+    map_w = room if ratio * room <= MAP_MAX_HEIGHT_IN else MAP_MAX_HEIGHT_IN / ratio
     map_h = map_w * ratio
-    fig_w, fig_h = map_w + 3.2, max(map_h, 3.4) + 1.6
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
-    ax = fig.add_axes((0.7 / fig_w, 1.2 / fig_h, map_w / fig_w, map_h / fig_h))
+    # A thin map gets a frame wider than itself (blank around it), with room for the north arrow and scale bar.
+    if map_h < MIN_FRAME_IN:
+        pad = ((right - left) / map_w * MIN_FRAME_IN / aspect - (top - bottom)) / 2
+        bottom, top, map_h = bottom - pad, top + pad, MIN_FRAME_IN
+    if map_w < MIN_FRAME_IN:
+        pad = ((top - bottom) * aspect / map_h * MIN_FRAME_IN - (right - left)) / 2
+        left, right, map_w = left - pad, right + pad, MIN_FRAME_IN
+    frame = _MapFrame(crs, left, bottom, right, top)
+    # Tall enough for everything stacked under the map; savefig crops the figure to what is drawn.
+    fig_h = map_h + 6.0
+    fig = plt.figure(figsize=(FIGURE_WIDTH_IN, fig_h), dpi=dpi)
+    map_left = MARGIN_IN[0] + (room - map_w) / 2
+    ax = fig.add_axes((map_left / FIGURE_WIDTH_IN, (fig_h - 0.6 - map_h) / fig_h, map_w / FIGURE_WIDTH_IN, map_h / fig_h))
     ax.imshow(shown, cmap=ListedColormap(colours), vmin=0, vmax=missing, interpolation="nearest",
-              extent=(left, right, bottom, top), aspect=frame.aspect)
+              extent=extent, aspect=frame.aspect)
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
     frame.graticule(ax, min_gap=((right - left) / map_w * MIN_TICK_GAP_IN[0], (top - bottom) / map_h * MIN_TICK_GAP_IN[1]))
+    frame.north_arrow(ax)
+    length = frame.scale_bar(ax, units_per_in=(right - left) / map_w)
+    _wrapped(ax, title or quicklook_title(city, dates), 1, TITLE_GAP_IN, "bottom", TITLE_PT, "title", weight="bold")
 
     counts = np.bincount(lcz.ravel(), minlength=N_CLASSES + 1)
     mapped = counts[1:].sum()
     handles = [Patch(facecolor=colours[c.code], edgecolor="0.3", linewidth=0.5,
-                     label=f"{c.lcz:>2}  {c.name}" + (f"  {_share(counts[c.code], mapped)}" if counts[c.code] else ""))
+                     label=f"{c.lcz} {c.name}" + (f" {_share(counts[c.code], mapped)}" if counts[c.code] else ""))
                for c in lcz_classes()]
     if (shown == missing).any():
         handles.append(Patch(facecolor=colours[missing], edgecolor="0.3", linewidth=0.5, label="no data"))
-    # legend and north arrow hang from the frame's top-right corner at fixed distances, whatever the map's shape
-    legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1, 1), frameon=False, fontsize=7,
-                       bbox_transform=_from_corner(ax, fig, LEGEND_OFFSET_IN),
-                       title="LCZ  (bold: present, % of mapped area)", title_fontsize=7, handlelength=1.6,
-                       borderaxespad=0, labelspacing=0.35)
-    legend._legend_box.align = "left"
-    for c, text in zip(lcz_classes(), legend.get_texts()):
-        if counts[c.code]:
-            text.set_fontweight("bold")
-        else:
-            text.set_color("0.5")
-    frame.north_arrow(ax)
-    length = frame.scale_bar(ax, units_per_in=(right - left) / map_w)
-    if title:
-        ax.set_title(title, fontsize=9, loc="left")
+    renderer = fig.canvas.get_renderer()
+    below = _inches_below(ax, ax.xaxis.get_tightbbox(renderer))
+    for ncols in (2, 1):  # two columns fit the figure's width with the font's own metrics; one always does
+        legend = ax.legend(handles=handles, loc="upper left", ncols=ncols, frameon=False, fontsize=FONT_PT,
+                           bbox_to_anchor=(0.04, 0), bbox_transform=_under_frame(ax, below + BLOCK_GAP_IN),
+                           title="LCZ  (bold: present, % of mapped area)", title_fontsize=FONT_PT, handlelength=1.0,
+                           handletextpad=0.4, columnspacing=0.5, borderaxespad=0, borderpad=0, labelspacing=0.3)
+        legend._legend_box.align = "left"
+        for c, text in zip(lcz_classes(), legend.get_texts()):
+            if counts[c.code]:
+                text.set_fontweight("bold")
+            else:
+                text.set_color("0.45")
+        if legend.get_window_extent(renderer).x1 <= FIGURE_WIDTH_IN * fig.dpi:
+            break
     parts = [f"CRS {_crs_label(crs)}", f"cell {_cell_label(affine, crs, step, frame)}",
              f"image date{'s' if len(dates) > 1 else ''} {', '.join(dates)}" if dates else "image date(s) not recorded",
              f"model {model}" if model else None, f"scale bar {_length_label(length)}", caption or None,
              f"lczmap {__version__}"]
-    line = " · ".join(p for p in parts if p)
-    # Under the scale bar, and under the legend where the legend reaches lower (a wide, short map): the caption
-    # then spans the map and legend without touching either.
-    renderer = fig.canvas.get_renderer()
-    frame_px, legend_px = ax.get_window_extent(renderer), legend.get_window_extent(renderer)
-    offset = max(CAPTION_OFFSET_IN, (frame_px.y0 - legend_px.y0) / fig.dpi + 0.2)
-    width_in = (legend_px.x1 - frame_px.x0) / fig.dpi
-    ax.text(0, 0, textwrap.fill(line, width=int(width_in * CAPTION_CHARS_PER_IN)), transform=_below(ax, fig, offset),
-            fontsize=7, va="top", ha="left", color="0.15", gid="caption")
+    below = _inches_below(ax, legend.get_window_extent(renderer))
+    text = _wrapped(ax, " · ".join(p for p in parts if p), 0, below + BLOCK_GAP_IN, "top", FONT_PT, "caption", color="0.15")
+    if credits:
+        below = _inches_below(ax, text.get_window_extent(renderer))
+        _wrapped(ax, "Data: " + "; ".join(credits) + ".", 0, below + BLOCK_GAP_IN / 2, "top", FONT_PT, "credits", color="0.15")
     return fig
 
 
 def _share(count: int, total: int) -> str:
     share = 100 * count / total
-    return "<0.1 %" if share < 0.1 else f"{share:.1f} %"
+    return "<0.1%" if share < 0.1 else f"{share:.1f}%"
 
 
-def _from_corner(ax, fig, offset_in: tuple[float, float]):
-    """Axes coordinates shifted by `offset_in` inches: (1, 1) + offset is a point beside the frame's top-right corner."""
-    from matplotlib.transforms import ScaledTranslation
+def _halo(width: float = 2.0) -> list:
+    """Path effects drawing an artist over a white outline (lines, arrows and text over the classes)."""
+    from matplotlib import patheffects
 
-    return ax.transAxes + ScaledTranslation(*offset_in, fig.dpi_scale_trans)
+    return [patheffects.withStroke(linewidth=width, foreground=HALO)]
 
 
-def _below(ax, fig, inches: float):
-    """Axes coordinates shifted down by `inches`: for artists placed under the map frame."""
-    from matplotlib.transforms import ScaledTranslation
+def _under_frame(ax, inches: float):
+    """x in figure inches, y in axes coordinates shifted down by `inches`: blocks stacked under the map frame
+    (y 0 is `inches` below the frame's bottom edge)."""
+    from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
-    return ax.transAxes + ScaledTranslation(0, -inches, fig.dpi_scale_trans)
+    fig = ax.figure
+    return blended_transform_factory(fig.dpi_scale_trans, ax.transAxes) + ScaledTranslation(0, -inches, fig.dpi_scale_trans)
+
+
+def _inches_below(ax, box) -> float:
+    """How far the bottom of a drawn box (display units) lies below the frame's bottom edge, in inches."""
+    frame = ax.get_window_extent(ax.figure.canvas.get_renderer())
+    return max(0.0, (frame.y0 - box.y0) / ax.figure.dpi)
+
+
+def _wrapped(ax, text: str, side: int, gap_in: float, va: str, size: float, gid: str, **style):
+    """A block of text across the figure's width, wrapped to it: above the frame (side 1, its bottom `gap_in` over
+    the top edge) or under it (side 0, its top `gap_in` below the bottom edge)."""
+    from matplotlib.transforms import ScaledTranslation, blended_transform_factory
+
+    fig = ax.figure
+    shift = ScaledTranslation(0, gap_in if side else -gap_in, fig.dpi_scale_trans)
+    where = blended_transform_factory(fig.dpi_scale_trans, ax.transAxes) + shift
+    width = int((FIGURE_WIDTH_IN - 0.12) * CHARS_PER_IN * FONT_PT / size)
+    return ax.text(0.06, side, textwrap.fill(text, width=width), transform=where, fontsize=size, va=va, ha="left",
+                   gid=gid, clip_on=False, **style)
 
 
 def _crs_label(crs: CRS) -> str:
@@ -197,8 +273,18 @@ class _MapFrame:
         dx = (right - left) / 10
         (lon0, lon1), (lat0, lat1) = self.to_lonlat.transform([cx - dx / 2, cx + dx / 2], [cy, cy])
         self.metres_per_unit = Geod(ellps="WGS84").inv(lon0, lat0, lon1, lat1)[2] / dx
-        # Degrees are drawn with 1/cos(lat) vertical exaggeration, the look of a local equidistant projection.
-        self.aspect = 1 / math.cos(math.radians(self.centre[1])) if crs.is_geographic else 1.0
+        self.aspect = self.aspect_of(crs, left, bottom, right, top)
+
+    @staticmethod
+    def aspect_of(crs: CRS, left: float, bottom: float, right: float, top: float) -> float:
+        """Height/width of a map unit as drawn: degrees get 1/cos(lat) vertical exaggeration at the centre, the
+        look of a local equidistant projection; projected units are square."""
+        if not crs.is_geographic:
+            return 1.0
+        from pyproj import Transformer
+
+        lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform((left + right) / 2, (top + bottom) / 2)[1]
+        return 1 / math.cos(math.radians(lat))
 
     def graticule(self, ax, min_gap: tuple[float, float]) -> None:
         """Meridians and parallels as thin lines, labelled where they cross the bottom and left frame edges.
@@ -220,54 +306,66 @@ class _MapFrame:
             for v in np.arange(math.ceil(lo / step) * step, hi + step / 2, step):
                 gx, gy = self.from_lonlat.transform(np.full_like(run, v), run) if is_lon else \
                     self.from_lonlat.transform(run, np.full_like(run, v))
-                ax.plot(gx, gy, color="0.25", linewidth=0.4, alpha=0.6, linestyle=(0, (4, 3)), zorder=3)
+                ax.plot(gx, gy, color="0.2", linewidth=0.45, linestyle=(0, (4, 3)), zorder=3, path_effects=_halo(1.5))
                 label = _degrees(v, step, "E" if is_lon else "N", "W" if is_lon else "S")
                 # where the meridian crosses the bottom edge / the parallel crosses the left edge
                 cut = _crossing(gy, gx, bottom) if is_lon else _crossing(gx, gy, left)
                 if cut is not None and (left <= cut <= right if is_lon else bottom <= cut <= top):
                     (xticks if is_lon else yticks).append((cut, label))
         xticks, yticks = _spaced(xticks, min_gap[0]), _spaced(yticks, min_gap[1])
-        ax.set_xticks([t for t, _ in xticks], [label for _, label in xticks], fontsize=7)
-        ax.set_yticks([t for t, _ in yticks], [label for _, label in yticks], fontsize=7)
+        ax.set_xticks([t for t, _ in xticks], [label for _, label in xticks], fontsize=FONT_PT)
+        ax.set_yticks([t for t, _ in yticks], [label for _, label in yticks], fontsize=FONT_PT)
         ax.tick_params(direction="out", length=3, width=0.6)
         for spine in ax.spines.values():
             spine.set_linewidth(0.8)
 
     def north_arrow(self, ax) -> None:
-        """An arrow to true north at the map centre, above the legend (outside the map frame)."""
+        """An arrow to true north at the map centre, in the frame's top-right corner, over a white halo."""
+        from matplotlib.transforms import ScaledTranslation
+
         lon, lat = self.centre
         (x0, x1), (y0, y1) = self.from_lonlat.transform([lon, lon], [lat, lat + 0.01])
         angle = math.atan2((x1 - x0), (y1 - y0) * self.aspect)
-        tip = _from_corner(ax, ax.figure, NORTH_ARROW_OFFSET_IN)
-        tail = (-22 * math.sin(angle), -22 * math.cos(angle))
-        ax.annotate("", xy=(1, 1), xycoords=tip, xytext=tail, textcoords="offset points", gid="north_arrow",
-                    arrowprops={"arrowstyle": "-|>,head_width=0.35,head_length=0.7", "color": "black", "linewidth": 1.4})
-        ax.annotate("N", xy=(1, 1), xycoords=tip, xytext=(3 * math.sin(angle), 4 * math.cos(angle)),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold", gid="north_arrow")
+        north = (math.sin(angle), math.cos(angle))
+        fig = ax.figure
+        centre = (-INSET_IN - 0.1, -INSET_IN - 0.32)  # inches from the corner: room for the N above the arrow
+
+        def at(points: float):  # `points` along north from the arrow's centre
+            return ax.transAxes + ScaledTranslation(centre[0] + points * north[0] / 72, centre[1] + points * north[1] / 72,
+                                                    fig.dpi_scale_trans)
+
+        arrow = ax.annotate("", xy=(1, 1), xycoords=at(9), xytext=(1, 1), textcoords=at(-9), gid="north_arrow",
+                            arrowprops={"arrowstyle": "-|>,head_width=0.3,head_length=0.6", "color": "black", "linewidth": 1.3,
+                                        "shrinkA": 0, "shrinkB": 0})
+        arrow.arrow_patch.set_path_effects(_halo(3.2))
+        ax.text(1, 1, "N", transform=at(16), ha="center", va="center", fontsize=TITLE_PT, fontweight="bold",
+                gid="north_arrow", path_effects=_halo(2.2))
 
     def scale_bar(self, ax, units_per_in: float) -> float:
-        """A two-segment black and white scale bar under the map frame (below the tick labels); returns its length in m.
+        """A two-segment black and white scale bar in the frame's bottom-left corner, over a white halo; its length in m.
 
-        It is about a quarter of the map's width, or of MIN_SCALE_SPAN_IN for a narrow map (reaching past its frame).
+        At most SCALE_BAR_IN long (a quarter of a full-width map), in a round number of metres or kilometres.
         """
-        from matplotlib.transforms import blended_transform_factory
+        from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
-        left, _, right, _ = self.bounds
-        span = max(right - left, units_per_in * MIN_SCALE_SPAN_IN)
-        length = nice_length(span * self.metres_per_unit)
+        length = nice_length(4 * SCALE_BAR_IN * units_per_in * self.metres_per_unit)
         units = length / self.metres_per_unit
         fig = ax.figure
-        bar = blended_transform_factory(ax.transData, _below(ax, fig, SCALE_BAR_OFFSET_IN))
-        x0 = left
-        ax.plot([x0, x0 + units], [0, 0], transform=bar, color="black", linewidth=5, solid_capstyle="butt", clip_on=False,
-                gid="scale_bar")
-        ax.plot([x0 + units / 2, x0 + units], [0, 0], transform=bar, color="white", linewidth=3.4,
-                solid_capstyle="butt", clip_on=False, gid="scale_bar")
+
+        def height(inches: float):  # x in map units, y `inches` above the frame's bottom edge
+            return blended_transform_factory(ax.transData, ax.transAxes + ScaledTranslation(0, inches, fig.dpi_scale_trans))
+
+        x0 = self.bounds[0] + INSET_IN * units_per_in
+        bar = height(INSET_IN)
+        ax.plot([x0, x0 + units], [0, 0], transform=bar, color="black", linewidth=4, solid_capstyle="butt",
+                gid="scale_bar", path_effects=_halo(6), zorder=4)
+        ax.plot([x0 + units / 2, x0 + units], [0, 0], transform=bar, color="white", linewidth=2.6,
+                solid_capstyle="butt", gid="scale_bar", zorder=4)
         half = f"{length / 2000:g}" if length >= 1000 else f"{length / 2:g}"  # in the unit of the end label
         labels = [(0, "0"), *([(units / 2, half)] if units / units_per_in >= 0.6 else []), (units, _length_label(length))]
-        label_at = blended_transform_factory(ax.transData, _below(ax, fig, SCALE_BAR_OFFSET_IN + 0.06))
         for dx, text in labels:
-            ax.text(x0 + dx, 0, text, transform=label_at, fontsize=7, ha="center", va="top", clip_on=False, gid="scale_bar")
+            ax.text(x0 + dx, 0, text, transform=height(INSET_IN + 0.05), fontsize=FONT_PT, ha="center", va="bottom",
+                    gid="scale_bar", path_effects=_halo(2.2), zorder=4)
         return length
 
 

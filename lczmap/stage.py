@@ -18,16 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
+import rasterio
 import rioxarray  # also registers the .rio accessor on the stack
 import xarray as xr
+import zarr
+from affine import Affine
+from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+from odc.geo.roi import Tiles  # GeoboxTiles' pixel arithmetic, for a shape without a GeoBox
 from odc.geo.xr import xr_coords
 from rasterio.features import rasterize
+from rasterio.windows import Window
+from shapely import wkt
 
-from .atomic import recover_aside, replace_path, write_json_atomic
+from .atomic import check_outputs, recover_aside, replace_path, write_json_atomic
+from .cluster import runner
 from .config import CityConfig
-from .errors import LczmapError, OutputError, describe
+from .errors import LczmapError, describe, reading
 from .grid import CityGrid
 from .locking import output_lock
 from .sources import Sentinel2Composite, Source, open_dsm, open_landcover, open_osm, open_products, open_vhr
@@ -91,7 +101,7 @@ def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", va
     else:
         missing.append("osm")
     if config.dsm is not None:
-        sources.append(open_dsm(config.dsm, config.dtm, grid.aoi))
+        sources.append(open_dsm(config.dsm, config.dtm, grid.aoi, config.dsm_height))
     else:
         if config.dtm is not None:
             log.warning("%s: a DTM without a DSM is ignored", config.dtm)
@@ -170,10 +180,6 @@ def blockwise_array(func: Any, plan: Any, name: str, shape: tuple[int, int], blo
 
     The plan enters the graph once, as its own key (odc-stac style), so every task shares it instead of a copy.
     """
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-    from odc.geo.roi import Tiles  # GeoboxTiles' pixel arithmetic, for a shape without a GeoBox
-
     tiles = Tiles(shape, (block, block))
     plan_key = f"{name}-plan"
     layer: dict[Any, Any] = {plan_key: plan}
@@ -292,7 +298,7 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
 
     Zarr is resumable: chunks whose done marker exists are skipped when the same inputs are staged again.
     One run per output at a time (a lock beside it); an existing `out` is replaced crash-safely, so `out`
-    only ever holds a complete stack. Chunks run where lczmap.cluster.run_graph puts them (`workers`
+    only ever holds a complete stack. Chunks run where lczmap.cluster.runner puts them (`workers`
     processes, `threads`, a `scheduler`). Returns the report (with AOI coverage and cloud fraction).
     """
     if staged.plan is None:
@@ -304,20 +310,11 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     if fmt == "tif" and (workers is not None or scheduler is not None):
         raise LczmapError("--workers/--scheduler: a GeoTIFF stack is written by one process; "
                           "write a .zarr store to stage on worker processes, or use --threads")
-    _refuse_input_as_output(staged.plan, out)
+    inputs = [(f"the city's {s.key} input", f) for s in staged.plan.sources for f in s.files()]
+    check_outputs(out, (out, out.with_name(out.name + ".report.json")), inputs, "stack")
     with output_lock(out):
         recover_aside(out)
         return _write_stack_locked(staged, out, fmt, progress, workers, threads, scheduler)
-
-
-def _refuse_input_as_output(plan: StagePlan, out: Path) -> None:
-    """Refuse an --out that is, links to, lies inside or contains a file the stack is read from."""
-    inputs = {Path(f).resolve(): s.key for s in plan.sources for f in s.files() if "://" not in f}
-    for written in (out, out.with_name(out.name + ".report.json")):
-        real = written.resolve()
-        for source, key in inputs.items():
-            if real == source or source in real.parents or real in source.parents:
-                raise OutputError(f"--out {out}: would overwrite the city's {key} input {source}; write the stack elsewhere")
 
 
 def _write_stack_locked(staged: StagedStack, out: Path, fmt: str, progress: bool, workers: int | None, threads: int | None,
@@ -384,11 +381,9 @@ def _stage_block(plan: StagePlan, r: slice, c: slice, sink: Any, ij: tuple[int, 
 
 def _run_chunks(plan, rows, cols, todo, sink, progress: bool, workers: int | None, threads: int | None,
                 scheduler: str | None) -> None:
-    """One task per pending chunk, the plan once in the graph, where lczmap.cluster.run_graph runs it."""
+    """One task per pending chunk, the plan once in the graph, where lczmap.cluster.runner puts it."""
     if not todo:
         return
-    from .cluster import run_graph
-
     plan_key = f"lczmap-plan-{plan.fingerprint[:16]}"
     graph: dict[Any, Any] = {plan_key: plan}
     keys = []
@@ -396,16 +391,14 @@ def _run_chunks(plan, rows, cols, todo, sink, progress: bool, workers: int | Non
         key = ("lczmap-write", i, j)
         graph[key] = (_stage_block, plan_key, rows[i], cols[j], sink, (i, j))
         keys.append(key)
-    run_graph(graph, keys, workers=workers, threads=threads, scheduler=scheduler, progress=progress, desc="staging")
+    with runner(workers=workers, threads=threads, scheduler=scheduler, progress=progress, desc="staging") as run:
+        run(graph, keys)
 
 
 class _ZarrSink:
     """A Zarr store with the stack's metadata and coordinates, filled chunk by chunk; a marker per finished chunk."""
 
     def __init__(self, partial: Path, data: xr.DataArray, fingerprint: str):
-        import dask.array as da
-        import zarr
-
         self.partial = partial
         self.markers = partial / _MARKERS
         _clear_foreign(partial, want_dir=True)
@@ -456,8 +449,6 @@ class _TiffSink:
     """A tiled float32 GeoTIFF written window by window under a lock (GDAL handles are not thread-safe)."""
 
     def __init__(self, partial: Path, data: xr.DataArray):
-        import rasterio
-
         self.partial = partial
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
@@ -474,8 +465,6 @@ class _TiffSink:
         return False
 
     def write(self, ij, r: slice, c: slice, block: np.ndarray, stats: dict[str, int]) -> None:
-        from rasterio.windows import Window
-
         with self.lock:
             self.dst.write(block, window=Window.from_slices(r, c))
             for k, v in stats.items():
@@ -538,7 +527,8 @@ class StackStore:
 
     def read(self, base_rows: slice, base_cols: slice) -> np.ndarray:
         """(bands, h, w) float32 of a base-grid window, NaN = nodata."""
-        return np.asarray(_zarr_array(self.path)[:, base_rows, base_cols], dtype="float32")
+        with reading(self.path, "staged stack"):  # a damaged chunk is named by its store
+            return np.asarray(_zarr_array(self.path)[:, base_rows, base_cols], dtype="float32")
 
 
 _zarr_arrays: dict[str, Any] = {}
@@ -546,8 +536,6 @@ _zarr_arrays: dict[str, Any] = {}
 
 def _zarr_array(path: str) -> Any:
     """The stack's Zarr array, opened once per process (Zarr reads are thread-safe)."""
-    import zarr
-
     if path not in _zarr_arrays:
         _zarr_arrays[path] = zarr.open_group(path, mode="r")["stack"]
     return _zarr_arrays[path]
@@ -555,9 +543,6 @@ def _zarr_array(path: str) -> Any:
 
 def open_stack_store(path: str | Path) -> tuple[StackStore, CityGrid]:
     """The store and grid of a Zarr stack written by `lczmap stage` (LczmapError when it is not one)."""
-    from odc.geo.geom import Geometry
-    from shapely import wkt
-
     path = Path(path)
     if stack_format(path) != "zarr" or not path.is_dir():
         raise LczmapError(f"--stack {path}: not a Zarr stack written by `lczmap stage` (a folder ending .zarr)")
@@ -571,8 +556,6 @@ def open_stack_store(path: str | Path) -> tuple[StackStore, CityGrid]:
         raise LczmapError(f"--stack {path}: not a complete stack written by `lczmap stage` ({describe(exc)})") from None
     if "output_shape" not in grid:
         raise LczmapError(f"--stack {path}: the stack does not record its output grid; stage it again")
-    from affine import Affine
-
     base = GeoBox(tuple(grid["base_shape"]), Affine(*grid["base_transform"]), grid["crs"])
     output = GeoBox(tuple(grid["output_shape"]), Affine(*grid["output_transform"]), grid["crs"])
     factor = round(output.resolution.x / base.resolution.x)

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lczmap.demo import generate
+from lczmap.demo.catalog import write_catalog
 from lczmap.stage import BANDS
+from servers import FileServer, StacApiServer
+
+
+def _local_only(connect):
+    """socket.connect (or connect_ex) that refuses every address but loopback and Unix sockets."""
+    def guarded(self: socket.socket, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                local = host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+            except ValueError:
+                local = False
+            if not local:
+                raise OSError(f"tests may not reach the internet (connect to {host} refused by tests/conftest.py)")
+        return connect(self, address, *args)
+    return guarded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_internet():
+    """The whole suite: Python sockets connect to loopback and Unix sockets only, so no test reaches the internet by
+    accident (the fetch tests run real servers on 127.0.0.1). GDAL's own curl connections are not Python sockets:
+    the fetch tests point every URL at 127.0.0.1."""
+    saved = socket.socket.connect, socket.socket.connect_ex
+    socket.socket.connect, socket.socket.connect_ex = _local_only(saved[0]), _local_only(saved[1])
+    yield
+    socket.socket.connect, socket.socket.connect_ex = saved
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +47,31 @@ def demo_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("demo") / "city"
     generate(folder, seed=1, size_km=3)
     return folder
+
+
+@pytest.fixture(scope="session")
+def catalog_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3 km demo city with 3 Sentinel-2 scenes (seed 1) and its catalog/ (`lczmap demo-data --catalog`)."""
+    folder = tmp_path_factory.mktemp("catalog") / "city"
+    generate(folder, seed=1, size_km=3, scenes=3)
+    write_catalog(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def file_server(catalog_city: Path):
+    """A Range-capable HTTP file server on 127.0.0.1 serving catalog_city/catalog (faults on demand, a request log)."""
+    server = FileServer(catalog_city / "catalog")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stac_api(catalog_city: Path, file_server: FileServer, tmp_path_factory: pytest.TempPathFactory):
+    """rustac's STAC API server on 127.0.0.1 holding catalog_city's Items, assets on `file_server`."""
+    server = StacApiServer(catalog_city / "catalog", file_server.url, tmp_path_factory.mktemp("stac-api"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from lczmap.batch import MANIFEST, load_pipeline, read_manifest, run_batch
 from lczmap.card import sha256
 from lczmap.cli import cli
 from lczmap.errors import LczmapError
-from lczmap.predict import output_paths
+from lczmap.outputs import output_paths
 
 REPO = Path(__file__).resolve().parents[1]
 LCZMAP = Path(sys.executable).parent / "lczmap"

@@ -25,6 +25,7 @@ from lczmap.errors import LczmapError
 from lczmap.grid import city_grid
 from lczmap.sources import S2_BANDS, open_sentinel2
 from lczmap.sources import sentinel2 as s2
+from lczmap.sources.sentinel2 import composite as s2_composite
 from lczmap.stage import VALID_COUNT, open_stack, plan_stage, read_chunk, write_stack, stack_from_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
@@ -161,7 +162,7 @@ def test_memory_per_block_is_bounded_by_strips(config, grid, monkeypatch):
     plan = plan_stage(config, grid, valid_count=True)
     window = (slice(10, 150), slice(20, 200))
     full = read_chunk(plan, *window)
-    monkeypatch.setattr(s2, "STRIP_BUDGET_BYTES", 3 * 83 * 180 * 7)  # 7 rows of three products
+    monkeypatch.setattr(s2_composite, "STRIP_BUDGET_BYTES", 3 * 83 * 180 * 7)  # 7 rows of three products
     np.testing.assert_array_equal(read_chunk(plan, *window), full)
 
 

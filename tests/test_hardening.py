@@ -508,7 +508,7 @@ PREDICT_RENAMES = """
     import os, signal
     from pathlib import Path
     from lczmap.atomic import atomic_files
-    from lczmap.predict import output_paths
+    from lczmap.outputs import output_paths
     out = Path({out!r})
     paths = [output_paths(out)[k] for k in ("map", "summary", "quicklook", "style")]
     calls, real = [0], os.replace
@@ -528,7 +528,7 @@ PREDICT_RENAMES = """
 @pytest.mark.parametrize("after,kill_while_writing", [("lcz.tif", False), ("lcz.png", False), ("", True)],
                          ids=["after-first-rename", "after-third-rename", "while-writing"])
 def test_kill_during_predicts_renames_leaves_one_runs_set(tmp_path, after, kill_while_writing):
-    from lczmap.predict import check_output, output_paths
+    from lczmap.outputs import check_output, output_paths
 
     out = tmp_path / "lcz.tif"
     finals = [output_paths(out)[k] for k in ("map", "summary", "quicklook", "style")]

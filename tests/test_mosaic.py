@@ -7,8 +7,8 @@ from odc.geo.geobox import GeoBox
 from rio_cogeo.cogeo import cog_validate
 
 from lczmap.classes import lcz_classes
-from lczmap.mosaic import (Band, class_vrt, classify, colour_tag, filter_kernel_px, lcz_band, lcz_filter, output_geobox,
-                           reproject_stack, translate_cog, write_block)
+from lczmap.mosaic import classify, filter_kernel_px, lcz_filter, output_geobox, reproject_stack
+from lczmap.outputs import Band, class_vrt, colour_tag, lcz_band, translate_cog, write_block
 from lczmap.report import nice_length, quicklook
 
 
@@ -130,7 +130,7 @@ def test_quicklook_png(tmp_path, utm_box):
 def test_qgis_style_draws_the_class_band_in_wudapt_colours():
     import xml.etree.ElementTree as ET
 
-    from lczmap.mosaic import qgis_style
+    from lczmap.outputs import qgis_style
 
     root = ET.fromstring(qgis_style(band=2))
     renderer = root.find("pipe/rasterrenderer")

@@ -22,7 +22,8 @@ from test_predict import random_model
 from lczmap.classes import lcz_classes
 from lczmap.config import load_city_config
 from lczmap.mosaic import class_stack, filter_reach, lcz_filter
-from lczmap.predict import output_paths, plan_city, write_outputs
+from lczmap.outputs import output_paths, write_outputs
+from lczmap.predict import plan_city
 
 BLOCK = 8
 HOLE = (slice(9, 22), slice(9, 22))  # 13 x 13 cells without prediction: its centre is 6 cells from any mapped cell

@@ -16,8 +16,9 @@ from lczmap.card import ModelCard, load_card, write_card
 from lczmap.classes import lcz_classes
 from lczmap.cli import cli
 from lczmap.config import PATH_KEYS, load_city_config
-from lczmap.predict import (DEMO_SEED, block_tasks, compute_probabilities, output_paths, plan_city, predict_city,
-                            write_outputs)
+from lczmap.cli.predict import DEMO_SEED
+from lczmap.outputs import output_paths, write_outputs
+from lczmap.predict import block_tasks, compute_probabilities, plan_city, predict_city
 from lczmap.stage import BANDS, stage_city
 from lczmap.tiling import BlockPatches
 
@@ -224,17 +225,17 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(case, demo_city, model, tm
 
 
 def test_failed_write_leaves_no_partial_files(plan, mapped, tmp_path, monkeypatch):
-    import lczmap.mosaic
+    import lczmap.outputs
 
     probs, _, _ = mapped
-    real = lczmap.mosaic.translate_cog
+    real = lczmap.outputs.translate_cog
 
     def fail_on_probabilities(vrt, path, *args, **kwargs):
         if "probabilities" in path.name:
             raise OSError("disk full")
         return real(vrt, path, *args, **kwargs)
 
-    monkeypatch.setattr(lczmap.mosaic, "translate_cog", fail_on_probabilities)
+    monkeypatch.setattr(lczmap.outputs, "translate_cog", fail_on_probabilities)
     with pytest.raises(OSError):
         write_outputs(plan, probs, tmp_path / "lcz.tif", probabilities_file=True)
     assert list(tmp_path.iterdir()) == []

@@ -211,4 +211,4 @@ def polygon_rings(geom) -> str:
 
 def test_train_reference_needs_a_city(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--data", "x.h5", "--reference", "a.kmz", "--out", str(tmp_path / "m")])
-    assert result.exit_code == 1 and "--reference and --reference-column go with --city" in result.output
+    assert result.exit_code == 1 and "--reference goes with --city" in result.output

@@ -24,11 +24,12 @@ from rio_cogeo.cogeo import cog_validate
 
 from lczmap.card import DEFAULT_MODEL
 from lczmap.config import CityConfig, load_city_config
-from lczmap.predict import output_paths, predict_city
+from lczmap.outputs import output_paths
+from lczmap.plan import RegionPlan, RegionSpec
+from lczmap.predict import predict_city
 from lczmap.classes import lcz_classes
-from lczmap.mosaic import cell_areas_km2
-from lczmap.region import (GLOBAL_LCZ_DEGREES, TILE_BANDS, RegionPlan, RegionSpec, map_region, needs_region, plan_region,
-                           plan_tiles, write_mosaic)
+from lczmap.mosaic import GLOBAL_LCZ_DEGREES, cell_areas_km2
+from lczmap.region import TILE_BANDS, map_region, needs_region, plan_region, plan_tiles, write_mosaic
 
 REPO = Path(__file__).resolve().parent.parent
 LCZMAP = Path(sys.executable).parent / "lczmap"

@@ -27,6 +27,7 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, threads: i
     Run the same command again after an interruption: finished cities are skipped (their checksum is verified)
     and the others are redone. Exits 1 when any city failed; the others are still mapped.
     """
+    # the pipeline is imported when the command runs, so `lczmap --help` stays fast
     from ..batch import load_pipeline, run_batch
     from ..cluster import check_cluster_options
 

@@ -17,10 +17,17 @@ from . import cli
 @click.option("--size-km", type=float, default=8.0, show_default=True, help="Width of the city's square AOI in km (1-40).")
 @click.option("--scenes", type=int, default=3, show_default=True,
               help="Sentinel-2 products of the city on different dates (clouds, season, a swath edge); 1-12.")
-def demo_cmd(folder: Path, seed: int, size_km: float, scenes: int) -> None:
+@click.option("--catalog", is_flag=True,
+              help="Also write FOLDER/catalog/: the city as a static STAC catalog of COGs laid out as Earth Search "
+                   "lays it out, plus items.ndjson for a STAC API server (see README, Map a real city).")
+def demo_cmd(folder: Path, seed: int, size_km: float, scenes: int, catalog: bool) -> None:
     """Generate a demo city in FOLDER: AOI, Sentinel-2 L2A SAFE products (--scenes), DSM/DTM, WorldCover, OSM, VHR image, training
     areas, LCZ truth and a city.yaml that the other commands read (e.g. lczmap stage --config FOLDER/city.yaml)."""
     from ..demo import generate
 
     config = generate(folder, seed=seed, size_km=size_km, scenes=scenes)
+    if catalog:
+        from ..demo.catalog import write_catalog
+
+        write_catalog(folder)
     click.echo(str(config))

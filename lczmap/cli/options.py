@@ -47,6 +47,9 @@ aoi_opt = click.option("--aoi", type=click.Path(), default=None, help="Area of i
 s2_opt = click.option("--s2", "sentinel2", type=click.Path(), multiple=True, help="Sentinel-2 L2A product: .SAFE folder, folder of band GeoTIFFs, multi-band GeoTIFF, STAC Item or ItemCollection JSON, or a folder of these; repeat for several products (composited).")
 dsm_opt = click.option("--dsm", type=click.Path(), default=None, help="Digital surface model GeoTIFF (any CRS).")
 dtm_opt = click.option("--dtm", type=click.Path(), default=None, help="Digital terrain model GeoTIFF; with it the DSM band is height above ground.")
+dsm_height_opt = click.option("--dsm-height", type=Checked("mode", "check_dsm_height"), default=None,
+                              help="What a DSM without --dtm holds: derive (a surface model; its ground is derived and "
+                                   "the band is the height above it; the default) or given (already height above ground).")
 landcover_opt = click.option("--landcover", type=click.Path(), default=None, help="Categorical land-cover raster (ESA WorldCover codes by default).")
 osm_opt = click.option("--osm", type=click.Path(), default=None, help="OpenStreetMap buildings: .osm or .osm.pbf file.")
 vhr_opt = click.option("--vhr", type=click.Path(), default=None, help="Very-high-resolution RGB GeoTIFF (DF4LCZ's second stream).")
@@ -66,17 +69,26 @@ scheduler_opt = click.option("--scheduler", type=SCHEDULER, default=None, help="
 
 def city_input_options(f):
     """--config plus every per-source path override, in a fixed order."""
-    for opt in reversed((config_opt, aoi_opt, s2_opt, dsm_opt, dtm_opt, landcover_opt, osm_opt, vhr_opt)):
+    for opt in reversed((config_opt, aoi_opt, s2_opt, dsm_opt, dtm_opt, dsm_height_opt, landcover_opt, osm_opt, vhr_opt)):
         f = opt(f)
     return f
 
 
 def city_overrides(kwargs: dict) -> dict:
     """Pop the per-source overrides from a command's kwargs, keyed as CityConfig fields (--s2: one path or a tuple)."""
-    overrides = {k: kwargs.pop(k) for k in ("aoi", "sentinel2", "dsm", "dtm", "landcover", "osm", "vhr")}
+    overrides = {k: kwargs.pop(k) for k in ("aoi", "sentinel2", "dsm", "dtm", "dsm_height", "landcover", "osm", "vhr")}
     s2 = overrides["sentinel2"] or ()
     overrides["sentinel2"] = None if not s2 else s2[0] if len(s2) == 1 else tuple(s2)
     return overrides
+
+
+def _checked_datetime(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--datetime parsed as dates as soon as it is given, so a wrong one is refused before anything else runs."""
+    if value is not None:
+        from ..sources.sentinel2.stac import parse_datetime  # the Sentinel-2 readers: imported only when it is given
+
+        parse_datetime(value)
+    return value
 
 
 def composite_options(f):
@@ -88,7 +100,8 @@ def composite_options(f):
         click.option("--mask-snow", is_flag=True, help="Also treat SCL snow/ice (11) as an invalid observation."),
         click.option("--stac-url", default=None, help="Search this STAC API (or static catalog) for Sentinel-2 L2A "
                      "items over the AOI and composite them (windowed COG reads; off by default)."),
-        click.option("--datetime", "stac_datetime", default=None, help="With --stac-url: a date range, e.g. 2023-01-01/2023-12-31."),
+        click.option("--datetime", "stac_datetime", default=None, callback=_checked_datetime,
+                     help="With --stac-url: an RFC 3339 date range, e.g. 2023-01-01/2023-12-31, ../2024-01-31 or one date."),
         click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, help="With --stac-url: the largest eo:cloud_cover (%) of an item."),
     )
     for opt in reversed(opts):

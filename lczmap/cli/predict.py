@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import click
@@ -9,6 +11,12 @@ import click
 from . import cli
 from .options import (CRS_TYPE, RESOLUTION, city_input_options, city_overrides, composite_options, scheduler_opt,
                       threads_opt, tile_km_opt, tiles_opt, with_stac_items, workers_opt)
+
+log = logging.getLogger(__name__)
+
+# The built-in demo city: a seed the shipped model was not trained on, and a size mapped in about a minute.
+DEMO_SEED = 7
+DEMO_SIZE_KM = 8.0
 
 
 class _BatchSize(click.ParamType):
@@ -66,15 +74,18 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
     class, nodata and filled shares, timings), <stem>.png (quicklook) and the QGIS styles <stem>.qml and
     <stem>_lcz3.qml.
     """
+    # the pipeline is imported when the command runs, so `lczmap --help` stays fast
+    from ..aoi import read_aoi
     from ..card import DEFAULT_MODEL
+    from ..cluster import check_cluster_options
     from ..config import load_city_config
     from ..errors import LczmapError
-    from ..predict import check_output, demo_city, predict_city
+    from ..outputs import check_output
+    from ..predict import predict_city
+    from ..region import map_region, needs_region, plan_region
 
     overrides = city_overrides(kwargs)
     precision, stack = kwargs.pop("precision"), kwargs.pop("stack")
-    from ..cluster import check_cluster_options
-
     check_cluster_options(workers, threads, scheduler)
     check_output(out)  # refuse an unwritable --out before any work
     if stack is not None:
@@ -95,9 +106,6 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
         config_path = demo_city()
     config = with_stac_items(load_city_config(config_path, **overrides), stac_url, stac_datetime, max_cloud, out)
     quiet = ctx.obj.get("quiet", False)
-    from ..aoi import read_aoi
-    from ..region import map_region, needs_region, plan_region
-
     if tiles_output or tile_km is not None or needs_region(read_aoi(config.aoi)):
         if probabilities:
             raise LczmapError("--probabilities: a region (mapped in tiles) has no probabilities file; leave it out")
@@ -128,3 +136,22 @@ def _report(ctx: click.Context, out: str, summary: dict) -> None:
                    f"no data on {summary['nodata_share']:.1%} of the AOI; "
                    f"{sum(summary['seconds'].values()):.0f} s")
 
+
+def demo_city(cache: str | Path | None = None) -> Path:
+    """city.yaml of the demo city, generated on first use into `cache` (default config.cache_root())/demo-city."""
+    from ..config import cache_root
+    from ..demo import CITY_YAML, generate
+    from ..errors import LczmapError
+
+    root = Path(cache) if cache else cache_root()
+    folder = root / "demo-city"
+    if not (folder / CITY_YAML).exists():
+        log.info("generating the demo city (seed %d, %g km) into %s, once", DEMO_SEED, DEMO_SIZE_KM, folder)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LczmapError(f"demo cache {root}: cannot be created ({exc.strerror}); set LCZMAP_CACHE to a writable folder") from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise LczmapError(f"demo cache {root}: not writable; set LCZMAP_CACHE to a writable folder")
+        generate(folder, seed=DEMO_SEED, size_km=DEMO_SIZE_KM)
+    return folder / CITY_YAML

@@ -29,10 +29,11 @@ def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution:
     each source's CRS, resolution, AOI coverage and the Sentinel-2 cloud fraction. Re-running the same
     command after an interruption resumes a Zarr store where it stopped.
     """
+    # the pipeline is imported when the command runs, so `lczmap --help` stays fast
     from ..aoi import read_aoi
+    from ..cluster import check_cluster_options
     from ..config import load_city_config
     from ..grid import city_grid
-    from ..cluster import check_cluster_options
     from ..stage import stack_format, stage_city, write_stack
 
     check_cluster_options(workers, threads, scheduler)

@@ -19,28 +19,34 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Network:
-    """One buildable network: its default input shape (the paper's setup) and what it is."""
+    """One buildable network: its default input shape (the paper's setup), what it is, and its parameter count there.
+
+    `params` is the count of `build(name)` (default shape and options), kept here so that listing networks needs no
+    Keras; tests/test_nets.py builds each network and checks it.
+    """
 
     name: str
     default_shape: tuple[int, ...]
     description: str
     inputs: str  # what build()'s input_shape means and which inputs the model takes
+    params: int
 
 
 NETWORKS: dict[str, Network] = {
     n.name: n
     for n in (
         Network("msmla18", (48, 48, 10), "MSMLA-18 (Kim et al. 2021): multi-scale input, SE-ResNet basic blocks, CBAM branches",
-                "patch (H, W, bands)"),
+                "patch (H, W, bands)", 181_867),
         Network("msmla50", (48, 48, 10), "MSMLA-50 (Kim et al. 2021): multi-scale input, SE-ResNet bottlenecks, CBAM branches",
-                "patch (H, W, bands)"),
-        Network("df4lcz_s2", (32, 32, 10), "DF4LCZ Sentinel-2 stream (Wu et al. 2024): 3D ResNet11", "patch (H, W, bands)"),
+                "patch (H, W, bands)", 808_913),
+        Network("df4lcz_s2", (32, 32, 10), "DF4LCZ Sentinel-2 stream (Wu et al. 2024): 3D ResNet11",
+                "patch (H, W, bands)", 3_548_049),
         Network("df4lcz_gcn", (50, 5), "DF4LCZ VHR stream: 3 x GCSConv(32) on segment graphs, node mean, Dense(17)",
-                "graph (max_nodes, features): inputs x, a, mask"),
+                "graph (max_nodes, features): inputs x, a, mask", 5_073),
         Network("df4lcz", (32, 32, 10), "DF4LCZ fusion: alpha * P_s2 + (1 - alpha) * P_gcn (alpha 0.6)",
-                "S2 patch (H, W, bands) + graph: inputs s2, x, a, mask"),
+                "S2 patch (H, W, bands) + graph: inputs s2, x, a, mask", 3_553_122),
         Network("sen2lcz", (32, 32, 10), "Sen2LCZ-Net (Qiu et al. 2020), depth 17, width 16, multi-level fusion",
-                "patch (H, W, bands)"),
+                "patch (H, W, bands)", 793_348),
     )
 }
 

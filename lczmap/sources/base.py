@@ -10,27 +10,30 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyproj
 import rasterio
+from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from ..errors import LczmapError, describe
+from .network import gdal_remote_env
 
 # rasterio warns "Dataset has no geotransform" from the in-memory dataset behind rasterize when several
 # threads make one at once; the transform is set right after and the results are exact (tests compare).
 warnings.filterwarnings("ignore", message="Dataset has no geotransform", module=r"rasterio\.features")
 
-# Remote COGs: avoid listing the "directory" of every href on open (one HTTP request each).
-REMOTE_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 # GDAL's approximate transformer (linear interpolation along each row where the exact transform differs by less
 # than this many destination pixels, i.e. 10 cm on the 10 m grid) instead of an exact transform per pixel: about 5x
 # faster warps; tests/test_accelerator.py shows the error is below the sources' precision.
@@ -87,6 +90,11 @@ def is_remote(href: str | Path) -> bool:
     return "://" in str(href)
 
 
+def remote_env(href: str) -> dict[str, str]:
+    """GDAL settings for reading `href`: the network ones for a remote raster, none for a local file."""
+    return gdal_remote_env() if is_remote(href) else {}
+
+
 def check_exists(path: str | Path, what: str) -> None:
     """Refuse a local path that is missing or unreadable, naming it and the role it plays."""
     if is_remote(path):
@@ -105,11 +113,16 @@ def inspect_raster(href: str | Path, what: str) -> RasterInfo:
     if not is_remote(href) and Path(href).is_dir():
         raise LczmapError(f"{href}: {what} is a folder, expected a raster file")
     try:
-        with rasterio.Env(**(REMOTE_ENV if is_remote(href) else {})), rasterio.open(href) as src:
+        with rasterio.Env(**remote_env(href)), rasterio.open(href) as src:
             if src.crs is None:
                 raise LczmapError(f"{href}: {what} has no CRS (no georeferencing); assign one, e.g. gdal_edit.py -a_srs")
             if src.transform.is_identity:
                 raise LczmapError(f"{href}: {what} has no geotransform (pixel coordinates only)")
+            if not (src.crs.is_projected or src.crs.is_geographic):  # GDAL keeps a vertical CRS as a local one
+                name = pyproj.CRS.from_wkt(src.crs.to_wkt()).name
+                raise LczmapError(f"{href}: {what} has no horizontal CRS (its CRS is vertical or local: {name}); "
+                                  "assign the map projection it was made in, e.g. gdal_edit.py -a_srs EPSG:32633 "
+                                  "(a compound CRS such as EPSG:26918+5703 is fine)")
             crs = src.crs
             epsg = crs.to_epsg()
             return RasterInfo(
@@ -128,6 +141,9 @@ def inspect_raster(href: str | Path, what: str) -> RasterInfo:
                 tags=dict(src.tags()),
             )
     except RasterioIOError as exc:
+        if is_remote(href) and "timed out" in str(exc):
+            raise LczmapError(f"{href}: {what}: the server did not answer within the network deadline "
+                              f"({_first_line(exc)})") from None
         raise LczmapError(f"{href}: {what} is not a raster GDAL can read ({_first_line(exc)})") from None
     except RasterioError as exc:
         raise LczmapError(f"{href}: {what} cannot be read ({_first_line(exc)})") from None
@@ -211,20 +227,68 @@ def _warp(href: str, indexes: list[int], geobox: GeoBox, resampling: Resampling,
         with _dataset(href, wait) as src:
             if src is None:
                 return None
-            with WarpedVRT(
-                src,
-                crs=geobox.crs.wkt,
-                transform=geobox.affine,
-                width=geobox.shape[1],
-                height=geobox.shape[0],
-                resampling=resampling,
-                src_nodata=src_nodata if src_nodata is not None else src.nodata,
-                nodata=dst_nodata,
-                dtype=dtype,
-                tolerance=WARP_TOLERANCE,
-                **_fixed_scale(src, geobox),
+            # a remote file's reads keep its deadlines (GDAL reads its settings per request, on this thread)
+            with rasterio.Env(**remote_env(href)) if is_remote(href) else nullcontext(), _warped(
+                src, geobox, resampling, dtype, src_nodata, dst_nodata
             ) as vrt:
                 return vrt.read(indexes)
+    except (RasterioError, OSError) as exc:
+        raise LczmapError(f"{href}: cannot read ({_first_line(exc)})") from None
+
+
+def _warped(src, geobox: GeoBox, resampling: Resampling, dtype: str, src_nodata: float | None,
+            dst_nodata: float) -> WarpedVRT:
+    """The open dataset `src` seen on `geobox`: the one warp setting every read shares."""
+    return WarpedVRT(
+        src,
+        crs=geobox.crs.wkt,
+        transform=geobox.affine,
+        width=geobox.shape[1],
+        height=geobox.shape[0],
+        resampling=resampling,
+        src_nodata=src_nodata if src_nodata is not None else src.nodata,
+        nodata=dst_nodata,
+        dtype=dtype,
+        tolerance=WARP_TOLERANCE,
+        **_fixed_scale(src, geobox),
+    )
+
+
+def warp_array(array: np.ndarray, transform: Affine, crs: str, geobox: GeoBox, resampling: Resampling) -> np.ndarray:
+    """A grid in memory (NaN = no data; `transform` and `crs` place it) resampled onto `geobox` as warp() would,
+    as float32."""
+    height, width = array.shape
+    with MemoryFile() as memory:
+        with memory.open(driver="GTiff", width=width, height=height, count=1, dtype="float32", crs=crs,
+                         transform=transform, nodata=np.nan) as dataset:
+            dataset.write(array.astype("float32", copy=False), 1)
+        with memory.open() as dataset, _warped(dataset, geobox, resampling, "float32", None, np.nan) as vrt:
+            return vrt.read(1)
+
+
+def read_padded(href: str, index: int, bounds: tuple[float, float, float, float],
+                pad: int) -> tuple[np.ndarray, Affine]:
+    """Band `index` of `href` on its own pixels (no resampling) over those `bounds` (in its CRS) touch plus `pad`
+    pixels on every side, as float32 with NaN at nodata and beyond the raster's edge; and that window's transform.
+
+    A window is a fixed set of the raster's pixels, so overlapping windows hold the same values where they overlap.
+    """
+    try:
+        with _dataset(href) as src, rasterio.Env(**remote_env(href)) if is_remote(href) else nullcontext():
+            left, bottom, right, top = bounds
+            corners = [~src.transform * xy for xy in ((left, bottom), (left, top), (right, bottom), (right, top))]
+            col0 = math.floor(min(c for c, _ in corners)) - pad
+            row0 = math.floor(min(r for _, r in corners)) - pad
+            col1 = math.ceil(max(c for c, _ in corners)) + pad
+            row1 = math.ceil(max(r for _, r in corners)) + pad
+            out = np.full((row1 - row0, col1 - col0), np.nan, dtype="float32")
+            rows = (max(row0, 0), min(row1, src.height))
+            cols = (max(col0, 0), min(col1, src.width))
+            if rows[0] < rows[1] and cols[0] < cols[1]:
+                data = src.read(index, window=Window.from_slices(rows, cols), masked=True)
+                inside = (slice(rows[0] - row0, rows[1] - row0), slice(cols[0] - col0, cols[1] - col0))
+                out[inside] = data.astype("float32").filled(np.nan)
+            return out, src.transform * Affine.translation(col0, row0)
     except (RasterioError, OSError) as exc:
         raise LczmapError(f"{href}: cannot read ({_first_line(exc)})") from None
 
@@ -341,7 +405,7 @@ def _dataset(href: str, wait: bool = True):
     with _handles_lock:
         handle = _handles.pop(key, None)
         if handle is None:
-            with rasterio.Env(**(REMOTE_ENV if is_remote(href) else {})):
+            with rasterio.Env(**remote_env(href)):
                 handle = _Handle(rasterio.open(href))
         _handles[key] = handle
         handle.users += 1

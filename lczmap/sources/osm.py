@@ -32,6 +32,7 @@ from rasterio.features import rasterize
 
 from ..errors import LczmapError, describe
 from .base import Source, check_exists, gdal_library
+from .network import NETWORK_REQUEST_S, NETWORK_SEARCH_S, with_deadline
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +247,12 @@ def _download(lonlat: Geometry) -> np.ndarray:
     """WKB of the AOI's building polygons from the Overpass API (osmnx), lon/lat."""
     import osmnx as ox
 
+    ox.settings.requests_timeout = NETWORK_REQUEST_S  # each Overpass request's deadline (osmnx's own: 180 s)
     try:
-        frame = ox.features_from_polygon(lonlat.geom, tags={"building": True})
+        frame = with_deadline(lambda: ox.features_from_polygon(lonlat.geom, tags={"building": True}), NETWORK_SEARCH_S,
+                              "OpenStreetMap download (Overpass API)")
     except Exception as exc:
         if type(exc).__name__ == "InsufficientResponseError":  # osmnx: the query returned no features
             return np.empty(0, object)
-        raise LczmapError(f"OpenStreetMap download for the AOI failed ({exc}); pass --osm FILE instead") from None
+        raise LczmapError(f"OpenStreetMap download for the AOI failed ({describe(exc)}); pass --osm FILE instead") from None
     return shapely.to_wkb(np.asarray(frame.geometry.values, dtype=object))

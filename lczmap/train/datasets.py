@@ -9,6 +9,8 @@ city samples: 48x48x13, named by a `bands` attribute when present), or a LCZC-GE
 
 from __future__ import annotations
 
+import contextlib
+import math
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ MAX_NODES = 50  # DF4LCZ keeps at most 50 segments per patch
 GES2_IMAGES, GES2_GRAPHS, GES2_SPLITS = "sen2_img_patches", "gg_nodes_refine", "patches_split"
 GES2_SPLIT_NAMES = ("train", "validation", "test")
 _LABEL_CHUNK = 65536
+MAX_PATCH = 128  # pixels a side: LCZ patches are 32-64 (So2Sat, MSMLA, GES2); larger ones are a wrong file
 
 
 def staged_bands() -> tuple[str, ...]:
@@ -44,11 +47,20 @@ class PatchSource:
     patch: int
     labels: np.ndarray
     groups: np.ndarray | None = None  # polygon id per patch, to split without leaking neighbours
+    cells: np.ndarray | None = None  # (n, 2) output cell (row, col) of each patch on its city's grid, if known
+    cell_size: float | None = None  # that grid's cell size in metres
     has_graphs: bool = False
 
     @property
     def n(self) -> int:
         return len(self.labels)
+
+    def blocks(self, block_m: float) -> np.ndarray | None:
+        """Spatial block id per patch: squares of whole cells, at least `block_m` metres a side; None without cell positions."""
+        if self.cells is None or not self.cell_size:
+            return None
+        side = math.ceil(block_m / self.cell_size - 1e-9)
+        return np.unique(self.cells // side, axis=0, return_inverse=True)[1].reshape(-1)
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -89,6 +101,8 @@ class H5Source(PatchSource):
         x, y = f["sen2"], f["label"]
         if x.ndim != 4 or x.shape[1] != x.shape[2]:
             raise LczmapError(f"{path}: 'sen2' has shape {x.shape}; expected (N, p, p, bands) with square patches")
+        if x.shape[1] > MAX_PATCH:
+            raise LczmapError(f"{path}: 'sen2' declares patches of {x.shape[1]} x {x.shape[2]} pixels; LCZ patches are at most {MAX_PATCH}")
         if y.shape != (x.shape[0], N_CLASSES):
             raise LczmapError(f"{path}: 'label' has shape {y.shape}; expected one-hot ({x.shape[0]}, {N_CLASSES})")
         self.patch, nb = int(x.shape[1]), int(x.shape[3])
@@ -106,6 +120,8 @@ class H5Source(PatchSource):
         self.format = "so2sat" if self.bands == S2_BANDS and self.patch == 32 else "msmla"
         self.labels = _onehot_codes(y, path)
         self.groups = np.asarray(f["polygon"][:], np.int64) if "polygon" in f else None
+        if "cell" in f and f.attrs.get("cell_size_m"):
+            self.cells, self.cell_size = np.asarray(f["cell"][:], np.int64), float(f.attrs["cell_size_m"])
         self._x = x
 
     def read(self, idx: np.ndarray) -> np.ndarray:
@@ -170,11 +186,14 @@ class Ges2Source(PatchSource):
             raise LczmapError(f"{folder / GES2_IMAGES}: images have shape {first.shape}; expected (32, 32, 10)")
         self.patch = int(first.shape[0])
 
+    @contextlib.contextmanager
     def _npz(self, kind: str, stem: str, i: int):
+        """The sample's npz file, open for the block; reading its arrays fails as one line naming it (object arrays too)."""
         path = self.path / kind / f"{stem}_{i}.npz"
         try:
-            return np.load(path)
-        except (OSError, ValueError) as exc:
+            with np.load(path) as z:
+                yield z
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LczmapError(f"{path}: cannot read LCZC-GES2 sample ({exc})") from None
 
     def _label(self, i: int) -> int:
@@ -275,6 +294,14 @@ class ConcatSource(PatchSource):
             offsets = np.cumsum([0] + [int(s.groups.max()) + 1 if s.n else 0 for s in sources])
             self.groups = np.concatenate([s.groups + off for s, off in zip(sources, offsets[:-1], strict=True)])
 
+    def blocks(self, block_m: float) -> np.ndarray | None:
+        """Block ids of every part (see PatchSource.blocks), made unique across parts: cities do not share blocks."""
+        parts = [s.blocks(block_m) for s in self.sources]
+        if any(p is None for p in parts):
+            return None
+        offsets = np.cumsum([0] + [int(p.max()) + 1 if len(p) else 0 for p in parts])
+        return np.concatenate([p + off for p, off in zip(parts, offsets[:-1], strict=True)])
+
     def _split(self, idx: np.ndarray):
         idx = np.asarray(idx, np.int64)
         which = np.searchsorted(self._starts, idx, side="right") - 1
@@ -343,6 +370,23 @@ def split_fraction(source: PatchSource, fraction: float, seed: int) -> tuple[np.
         take = max(1, round(fraction * len(members)))
         chosen = rng.choice(members, size=take, replace=False)
         val |= np.isin(units, chosen) & (source.labels == code)
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+def split_blocks(blocks: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices by whole spatial blocks: random blocks go to validation until it holds `fraction`
+    of the patches, and at least one block stays for training, so no block lies in both sets."""
+    if not 0.0 < fraction < 1.0:
+        raise LczmapError(f"--val {fraction}: a validation fraction must lie strictly between 0 and 1")
+    ids, counts = np.unique(blocks, return_counts=True)
+    chosen: list[int] = []
+    total = 0
+    for k in np.random.default_rng(seed).permutation(len(ids))[: len(ids) - 1]:
+        if total >= fraction * len(blocks):
+            break
+        chosen.append(int(ids[k]))
+        total += int(counts[k])
+    val = np.isin(blocks, chosen)
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 

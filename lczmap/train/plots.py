@@ -18,8 +18,12 @@ def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a file-size limit: no partial file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

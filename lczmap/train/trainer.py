@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -20,7 +21,9 @@ from ..errors import LczmapError
 from ..metrics import confusion_matrix, json_safe, scores
 from ..nets import NETWORKS, build
 from . import plots
-from .datasets import MAX_NODES, PatchSource, band_statistics, open_sources, split_fraction
+from .datasets import MAX_NODES, PatchSource, band_statistics, open_sources, split_blocks, split_fraction
+from .fine_tune import copy_weights, freeze_backbone, lineage, parent_card, trained_on
+from .rules import MIN_BLOCK_KM
 from .sequence import PatchSequence, balanced_class_weights, model_layout, needs_image
 
 log = logging.getLogger(__name__)
@@ -82,11 +85,21 @@ class TrainConfig:
     workers: int = min(4, os.cpu_count() or 1)
     eager: bool = False  # Keras run_eagerly: no graph tracing (tiny or debugging runs)
     data_note: dict[str, Any] = field(default_factory=dict)  # e.g. how city samples were made
+    val_block_km: float = MIN_BLOCK_KM  # city patches without polygons: validation by spatial blocks this wide; 0: by patch
+    init: str | None = None  # start from this model (name or folder): same network, input and bands
+    init_sha256: str = ""  # its weights' checksum (set by train(); part of the fingerprint)
+    freeze_backbone: bool = False  # with init: train only the class heads
+    label_sources: tuple[dict[str, Any], ...] = ()  # where the labels came from, for the card's lineage
 
     def resolved(self) -> TrainConfig:
         """Fill the recipe's values for every option left unset."""
         if self.network not in RECIPES:
             raise LczmapError(f"--network {self.network}: unknown (known networks: {', '.join(NETWORKS)})")
+        if self.freeze_backbone and not self.init:
+            raise LczmapError("--freeze-backbone goes with --init MODEL (a trained backbone to keep)")
+        if self.val_block_km and self.val_block_km < MIN_BLOCK_KM:
+            raise LczmapError(f"--val-block-km {self.val_block_km:g}: validation blocks must be at least {MIN_BLOCK_KM:g} km "
+                              "(0: split by patch)")
         r = RECIPES[self.network]
         pick = lambda v, d: d if v is None else v  # noqa: E731
         return replace(
@@ -101,6 +114,9 @@ class TrainConfig:
             "network": self.network, "options": self.options, "data": [str(Path(p).resolve()) for p in self.data],
             "val": self.val, "bands": self.bands, "seed": self.seed, "partition": self.partition,
             "batch_size": self.batch_size,
+            # Keys added later are present only when set, so checkpoints made before them still resume.
+            **({"val_block_km": self.val_block_km} if self.val_block_km != MIN_BLOCK_KM else {}),
+            **({"init": self.init_sha256, "freeze_backbone": self.freeze_backbone} if self.init else {}),
         })
 
 
@@ -194,6 +210,18 @@ def _validation(config: TrainConfig, train: PatchSource) -> tuple[PatchSource, n
     except ValueError:
         val = open_sources([Path(p) for p in spec.split(os.pathsep)], split="validation", partition=config.partition)
         return val, all_idx, np.arange(val.n), {"split": "validation file", "validation": val.describe()}
+    blocks = train.blocks(config.val_block_km * 1000) if train.groups is None and config.val_block_km else None
+    if blocks is not None:
+        tr, va = split_blocks(blocks, fraction, config.seed)
+        n_val_blocks = len(np.unique(blocks[va]))
+        if not len(va):
+            raise LczmapError(f"--val-block-km {config.val_block_km:g}: the training cities hold a single block of that size; "
+                              "add cities, or split by patch with --val-block-km 0")
+        return train, tr, va, {
+            "split": f"spatial blocks of {config.val_block_km:g} km: random whole blocks, {fraction:g} of the patches (seed {config.seed})",
+            "validation_blocks": {"block_km": config.val_block_km, "n_blocks": int(len(np.unique(blocks))),
+                                  "n_validation_blocks": int(n_val_blocks)},
+        }
     tr, va = split_fraction(train, fraction, config.seed)
     unit = "polygons" if train.groups is not None else "patches"
     return train, tr, va, {"split": f"stratified random {fraction:g} of the training {unit} (seed {config.seed})"}
@@ -235,7 +263,11 @@ def train(config: TrainConfig) -> ModelCard:
     config = config.resolved()
     keras.utils.set_random_seed(config.seed)
     train_src = open_sources(config.data, split="train", partition=config.partition)
-    val_src, train_idx, val_idx, split_note = _validation(config, train_src)
+    try:
+        val_src, train_idx, val_idx, split_note = _validation(config, train_src)
+    except BaseException:
+        train_src.close()
+        raise
     try:
         return _train(config, train_src, val_src, train_idx, val_idx, split_note)
     finally:
@@ -254,6 +286,9 @@ def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, tr
     bands = tuple(config.bands) if config.bands else train_src.bands
 
     input_shape = _input_shape(config.network, train_src, len(bands))
+    parent = parent_card(config.init, config.network, input_shape, bands, config.options) if config.init else None
+    if parent is not None:
+        config = replace(config, init_sha256=parent.weights_sha256)
     model = build(config.network, input_shape, **config.options)
     layout, image = model_layout(model), needs_image(model)
     if layout[1] and not train_src.has_graphs:
@@ -261,7 +296,9 @@ def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, tr
 
     state = _load_state(ckpt, config)
     if state is None:
-        if image:
+        if parent is not None:  # the parent's features were learnt on its normalisation
+            mean, std = np.asarray(parent.mean), np.asarray(parent.std)
+        elif image:
             mean, std = band_statistics(train_src, train_idx, progress=config.progress)
             if band_index is not None:
                 mean, std = mean[band_index], std[band_index]
@@ -282,11 +319,14 @@ def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, tr
                               augment=config.augment and image, seed=config.seed, **common)
     val_seq = PatchSequence(val_src, val_idx, config.batch_size, **common)
 
+    trainable = freeze_backbone(model) if config.freeze_backbone else None
     model.compile(optimizer=keras.optimizers.Nadam(learning_rate=config.learning_rate),
                   loss="categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=False if config.eager else jit_compile(), run_eagerly=config.eager)
     ckpt.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
     callback = TrainingState(ckpt, state, config.patience, train_seq)
+    if parent is not None and state["epoch"] == 0:
+        copy_weights(parent, model)
     if state["epoch"] > 0:
         model.optimizer.build(model.trainable_variables)
         model.load_weights(str(callback.last_weights))
@@ -335,11 +375,18 @@ def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, tr
         "seed": config.seed, "recipe": asdict(recipe), "keras": keras.__version__, "backend": keras.backend.backend(),
         **config.data_note,
     }
+    if parent is not None:
+        training["fine_tuning"] = {
+            "init": config.init, "parent": parent.name, "normalisation": "the parent model's mean and std",
+            "freeze_backbone": config.freeze_backbone, "trainable_layers": trainable or "all",
+        }
+    trained = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     card = ModelCard(
         name=config.name or out.resolve().name, network=config.network, input_shape=tuple(input_shape), bands=bands if image else (),
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), network_options=dict(config.options),
         training=json_safe(training), metrics=json_safe(metrics), command=config.command, notes=config.notes,
-        lczmap_version=__version__,
+        lczmap_version=__version__, lineage=json_safe(lineage(parent, list(config.label_sources), trained)),
+        trained_on=trained_on(config.label_sources), product_level="L2A" if config.data_note.get("cities") else "",
         folder=out.resolve(),
     )
     write_card(card, out)
