@@ -31,7 +31,8 @@ from pyproj import Transformer
 from rasterio.features import rasterize
 
 from ..errors import LczmapError, describe
-from .base import Source, check_exists, gdal_library
+from .base import Source, check_exists
+from .gdal_lib import gdal_library
 from .network import NETWORK_REQUEST_S, NETWORK_SEARCH_S, with_deadline
 
 log = logging.getLogger(__name__)
