@@ -40,7 +40,7 @@ from .mosaic import (LCZ, LCZ_FILTER, LCZ_PROBABILITY, N_CLASS_BANDS, STATUS, ST
                      area_method, area_summary, block_areas, cell_areas_km2, class_stack, output_geobox,
                      probability_stack, reproject_stack)
 from .plan import PredictPlan, RegionPlan
-from .report import quicklook
+from .report import credits_for, quicklook
 from .stage import sentinel2_summary
 
 log = logging.getLogger(__name__)
@@ -502,8 +502,10 @@ def write_outputs(
         for key, text in class_styles(filter).items():
             tmp[key].write_text(text)
         t0 = time.perf_counter()
+        dates = _image_dates(plan)
         draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], name=plan.config.name, filtered=filter,
-                       dates=_image_dates(plan), model=plan.card.name)
+                       dates=dates, model=plan.card.name, synthetic=plan.synthetic_model,
+                       credits=input_credits(plan.config, dates))
         seconds["quicklook"] = round(time.perf_counter() - t0, 3)
         summary = map_summary(plan, areas, box, paths, wanted, seconds, filter)
         write_summary(tmp["summary"], summary)
@@ -518,17 +520,34 @@ def _block_array(plan: PredictPlan, probabilities: Any) -> Any:
 
 
 def draw_quicklook(map_path: Path, status_path: Path, path: Path, *, name: str, filtered: bool, model: str | None,
-                   dates: list[str] | tuple[str, ...] = ()) -> None:
+                   dates: Sequence[str] = (), synthetic: bool = False, credits: Sequence[str] = ()) -> None:
     """The quicklook of a written map (and its `_filled` status file), read from their overviews (at most
-    QUICKLOOK_CELLS across), so memory does not grow with the map."""
+    QUICKLOOK_CELLS across), so memory does not grow with the map: titled by the city `name` and the image
+    `dates`, captioned with the `model` and which classes it shows, and credited (see `input_credits`)."""
     with rasterio.open(map_path) as src, rasterio.open(status_path) as status:
         step = max(1, math.ceil(max(src.shape) / QUICKLOOK_CELLS))
         shape = (math.ceil(src.height / step), math.ceil(src.width / step))
         lcz = src.read(1, out_shape=shape)
         inside = status.read(1, out_shape=shape) > 0
         box = GeoBox(src.shape, src.transform, src.crs).zoom_to(shape)
-    quicklook(lcz, box, path, aoi_mask=inside, dates=dates, model=model,
-              title=f"{name}: LCZ ({'filtered' if filtered else 'raw'})")
+    caption = ("filtered classes" if filtered else "raw classes") + (", synthetic demo model" if synthetic else "")
+    quicklook(lcz, box, path, aoi_mask=inside, city=name, dates=dates, model=model, credits=credits, caption=caption)
+
+
+def input_credits(config: CityConfig, dates: Sequence[str] = ()) -> list[str]:
+    """The credit lines a map made from `config`'s inputs owes (lczmap.report.credits_for): Copernicus Sentinel data
+    (with the years of `dates`) always; the Copernicus DEM only when city.yaml's `provenance` (written by `lczmap
+    fetch`) says the DSM came from it; ESA WorldCover when the land cover is in its scheme; OpenStreetMap when
+    buildings were used."""
+    kinds = ["sentinel2"]
+    dsm = (config.provenance or {}).get("dsm")
+    if config.dsm is not None and isinstance(dsm, dict) and "copernicus dem" in json.dumps(dsm).lower():
+        kinds.append("copernicus_dem")
+    if config.landcover is not None and config.landcover_scheme == "worldcover":
+        kinds.append("worldcover")
+    if config.osm is not None or config.osm_online:
+        kinds.append("osm")
+    return credits_for(kinds, years=dates)
 
 
 def map_summary(plan: PredictPlan, areas: np.ndarray, box: GeoBox, paths: dict[str, Path], wanted: list[str],
@@ -551,6 +570,8 @@ def map_summary(plan: PredictPlan, areas: np.ndarray, box: GeoBox, paths: dict[s
         "area_method": area_method(box),
         **stats,
         "warnings": warnings,
+        "input_warnings": list(plan.input_warnings),
+        "model_synthetic": plan.synthetic_model,
         "seconds": seconds,
         "model": {"name": plan.card.name, "network": plan.card.network, "weights_sha256": plan.card.weights_sha256,
                   "bands": list(plan.card.bands), "patch_size": plan.card.patch_size, "vhr_stream": plan.use_vhr},

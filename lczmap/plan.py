@@ -40,6 +40,8 @@ class PredictPlan:
     use_vhr: bool
     plan_seconds: float = 0.0
     precision: str = "float32"  # or "bfloat16": the network in Keras' mixed_bfloat16
+    synthetic_model: bool = False  # a model trained on synthetic cities only, mapping inputs that are not a demo city
+    input_warnings: tuple[str, ...] = ()  # bands far outside the model's training statistics (lczmap.guard)
 
     @property
     def resolution(self) -> float:

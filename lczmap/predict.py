@@ -20,12 +20,14 @@ from odc.geo.crs import CRS
 from odc.geo.geom import Geometry
 
 from .aoi import read_aoi
-from .card import DEFAULT_MODEL, ModelCard, resolve_model
+from .card import DEFAULT_MODEL, ModelCard, load_card, model_cache, resolve_model
 from .classes import N_CLASSES
 from .cluster import runner
-from .config import CityConfig, check_crs
-from .errors import LczmapError, OptionError
+from .config import CityConfig, check_crs, load_city_config
+from .demo import CITY_YAML
+from .errors import InputError, LczmapError, OptionError
 from .grid import city_grid
+from .guard import check_inputs
 from .inference import PRECISIONS, device_description, plan_model, predict_block, resolve_batch_size
 from .locking import output_lock
 from .outputs import check_output, write_outputs
@@ -46,6 +48,11 @@ FUSED_NETWORK = "df4lcz"
 MAPPING_NETWORKS = (*PATCH_NETWORKS, FUSED_NETWORK)
 # Option that provides each optional band, for the error when a model needs a band the inputs lack.
 BAND_OPTIONS = {"osm_buildings": "--osm", "dsm": "--dsm", "landcover": "--landcover"}
+# lczmap.demo.generate names every demo city "demo-<place>-<seed>" in the city.yaml it writes beside its Sentinel-2
+# products: on such a city a model trained on synthetic cities is in its domain; elsewhere it is flagged.
+DEMO_CITY_PREFIX = "demo-"
+# --model's default on inputs that are not a demo city: the published So2Sat LCZ42 network (lczmap.models_store)
+REAL_DEFAULT_MODEL = "so2sat-sen2lcz"
 
 
 def plan_city(
@@ -85,10 +92,67 @@ def plan_city(
         inputs = _from_stack(stack, model, resolution, crs)
     else:
         inputs = _from_city(config, model, resolution, crs, vhr, composite, mask_snow, aoi)
+    synthetic = inputs["card"].synthetic and not is_demo_city(inputs["config"])
+    if synthetic:
+        log.warning("model %s was trained on synthetic demo cities only; its classes on real inputs are not to be "
+                    "trusted (use --model so2sat-sen2lcz or a model trained for this city)", inputs["card"].name)
     return PredictPlan(
         **inputs, batch_size=resolve_batch_size(inputs["card"], batch_size, int(block)), block=int(block),
         nodata_threshold=float(nodata_threshold), plan_seconds=time.perf_counter() - t0, precision=precision,
+        synthetic_model=synthetic,
     )
+
+
+def is_demo_city(config: CityConfig) -> bool:
+    """Whether `config` is a city written by `lczmap demo-data`: its name, or the city.yaml beside its Sentinel-2
+    products, starts with DEMO_CITY_PREFIX."""
+    if config.name.startswith(DEMO_CITY_PREFIX):
+        return True
+    products = config.sentinel2 if isinstance(config.sentinel2, tuple) else (config.sentinel2,)
+    for product in filter(None, products):
+        beside = Path(product).parent / CITY_YAML
+        try:
+            if beside.is_file() and load_city_config(beside).name.startswith(DEMO_CITY_PREFIX):
+                return True
+        except LczmapError:  # an unreadable city.yaml beside the inputs is not a demo city's
+            continue
+    return False
+
+
+def default_model(config: CityConfig, offline: bool = False) -> str:
+    """--model's default: the demo model on a demo city; elsewhere REAL_DEFAULT_MODEL, from the model search path
+    or pulled into the model cache (not when `offline`); else one line saying how to get it."""
+    if is_demo_city(config):
+        return DEFAULT_MODEL
+    try:
+        load_card(REAL_DEFAULT_MODEL)
+        return REAL_DEFAULT_MODEL
+    except LczmapError:
+        pass
+    how = (f"import it (`lczmap models import _32_weights.best.hdf5 --as {REAL_DEFAULT_MODEL}`), pull it "
+           f"(`lczmap models pull {REAL_DEFAULT_MODEL}`), train one (`lczmap train`) or pass --model")
+    if offline:
+        raise OptionError(f"--model: not given, and the default for real inputs, {REAL_DEFAULT_MODEL}, is not in "
+                          f"the model cache {model_cache()} (--offline): {how}")
+    from .models_store import pull_model  # h5py and the download code: only when the default model is missing
+
+    log.info("--model not given: pulling %s, the default for inputs that are not a demo city", REAL_DEFAULT_MODEL)
+    try:
+        pull_model(REAL_DEFAULT_MODEL)
+    except LczmapError as exc:
+        raise OptionError(f"--model: not given, and the default {REAL_DEFAULT_MODEL} could not be pulled ({exc}); {how}") from None
+    return REAL_DEFAULT_MODEL
+
+
+def guard_inputs(plan: PredictPlan, strict: bool = False) -> PredictPlan:
+    """The plan with its input warnings (lczmap.guard), each logged; `strict`: refuse the inputs instead."""
+    warnings = check_inputs(plan)
+    if warnings and strict:
+        more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        raise InputError(f"--strict-inputs: {warnings[0]}{more}")
+    for text in warnings:
+        log.warning("%s: %s", plan.config.name, text)
+    return replace(plan, input_warnings=warnings)
 
 
 def _from_city(config: CityConfig, model: str | Path, resolution: float | None, crs: str | None, vhr: bool | None,
@@ -97,12 +161,14 @@ def _from_city(config: CityConfig, model: str | Path, resolution: float | None, 
     card = resolve_model(model, MAPPING_NETWORKS)
     bands = band_indices(card.bands, BANDS)
     _check_inputs_provide(card, config, OPTIONAL_BANDS)
+    config = _only_needed_inputs(config, card)
     out_crs = _output_crs(crs)
     process_crs = out_crs if out_crs is not None and not out_crs.geographic else None
     grid = city_grid(read_aoi(config.aoi) if aoi is None else aoi, DEFAULT_RESOLUTION if resolution is None else resolution,
                      crs=process_crs, patch=card.patch_size)
     use_vhr = _vhr_stream(card, config, vhr)
-    stage = _only_needed(plan_stage(config if use_vhr else _without_vhr(config), grid, composite=composite, mask_snow=mask_snow),
+    stage = _only_needed(plan_stage(config if use_vhr else _without_vhr(config), grid, composite=composite, mask_snow=mask_snow,
+                                    needed=card.bands),
                          card, use_vhr)
     return {"config": config, "card": card, "grid": grid, "stage": stage, "bands": tuple(bands),
             "out_crs": out_crs if out_crs is not None else grid.crs, "use_vhr": use_vhr}
@@ -148,6 +214,20 @@ def _check_inputs_provide(card: ModelCard, config: CityConfig, optional: dict[st
             if band in card.bands and not given:
                 raise LczmapError(f"model {card.name} needs band {band}, but the city has no {key} input: "
                                   f"pass {BAND_OPTIONS[band]} FILE or set '{key}' in city.yaml")
+
+
+def _only_needed_inputs(config: CityConfig, card: ModelCard) -> CityConfig:
+    """The city without the optional inputs whose bands the card does not read (a Sentinel-2-only model opens,
+    fetches and warns about no DSM, OSM or land cover)."""
+    unused = {key for key, bands in OPTIONAL_BANDS.items() if not set(bands) & set(card.bands)}
+    drop: dict[str, Any] = {}
+    if "osm" in unused:
+        drop.update(osm=None, osm_online=False)
+    if "dsm" in unused:
+        drop.update(dsm=None, dtm=None)
+    if "landcover" in unused:
+        drop.update(landcover=None)
+    return replace(config, **drop)
 
 
 def _vhr_stream(card: ModelCard, config: CityConfig, wanted: bool | None) -> bool:
@@ -214,17 +294,20 @@ def predict_city(
     progress: bool = True,
     precision: str = "float32",
     stack: str | Path | None = None,
+    strict_inputs: bool = False,
 ) -> dict[str, Any]:
     """Plan, compute and write one city's LCZ map; returns the summary (also written as <stem>.summary.json).
 
     `resolution` None: 100 m, or a `stack`'s own. `stack`: map from a Zarr stack of `lczmap stage` (then
-    `config` is None). `batch_size` may be "auto"; `precision` float32 or bfloat16.
+    `config` is None). `batch_size` may be "auto"; `precision` float32 or bfloat16. `strict_inputs`: refuse
+    inputs far outside the model's training statistics (lczmap.guard) instead of warning.
     """
     out = check_output(out, config if stack is None else CityConfig(name="stack", aoi=Path(stack)))
     with output_lock(out):  # a second run on this --out stops at once: being written by process N
         plan = plan_city(config, model, resolution=resolution, crs=crs, batch_size=batch_size,
                          nodata_threshold=nodata_threshold, vhr=vhr, composite=composite, mask_snow=mask_snow,
                          precision=precision, stack=stack)
+        plan = guard_inputs(plan, strict_inputs)
         log.info("%s: %d x %d cells of %g m in %s, model %s, %d blocks", plan.config.name, *plan.grid.output.shape,
                  plan.resolution, plan.grid.crs, plan.card.name, len(plan.grid.output_blocks(plan.block)))
         with runner(client, workers, threads, scheduler, progress=progress) as run:

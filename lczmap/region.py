@@ -50,9 +50,9 @@ from .grid import to_lonlat, utm_crs
 from .inference import plan_model
 from .mosaic import (LCZ_FILTER, N_CLASS_BANDS, STATUS, aoi_array, area_method, block_areas, cell_areas_km2, class_stack,
                      mosaic_block, mosaic_geobox)
-from .outputs import (Band, check_output, class_files, class_styles, colour_tag, draw_quicklook, file_set, map_tags,
-                      output_paths, region_summary, write_array_cog, write_class_cogs, write_summary, write_tile_vrts,
-                      zone_files)
+from .outputs import (Band, check_output, class_files, class_styles, colour_tag, draw_quicklook, file_set,
+                      input_credits, map_tags, output_paths, region_summary, write_array_cog, write_class_cogs,
+                      write_summary, write_tile_vrts, zone_files)
 from .plan import MosaicPlan, RegionPlan, RegionSpec, Tile
 from .predict import MAPPING_NETWORKS, block_tasks, plan_city
 from .stage import blockwise_array
@@ -295,7 +295,7 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
             box, areas = _write_mosaic_cogs(plan, files, tmp)
             method = area_method(box)
             draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], name=spec.config.name, filtered=spec.filter,
-                           model=tags.get("model"))
+                           model=tags.get("model"), credits=input_credits(spec.config))
             for key, text in class_styles(spec.filter).items():
                 tmp[key].write_text(text)
         seconds["mosaic"] = round(time.perf_counter() - t0, 3)

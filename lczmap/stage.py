@@ -88,11 +88,12 @@ class StagedStack:
 
 
 def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", valid_count: bool = False,
-               mask_snow: bool = False) -> StagePlan:
+               mask_snow: bool = False, needed: tuple[str, ...] = BANDS) -> StagePlan:
     """Open and check every source of `config` once (LczmapError on bad input); nothing is read in bulk yet.
 
     `composite` (median | best) combines several Sentinel-2 products; `valid_count` adds the band of clear
     observations per pixel; `mask_snow` also treats SCL snow (11) as invalid.
+    `needed`: the bands the caller reads (a missing input whose bands it does not read is not warned about).
     """
     sources: list[Source] = [open_products(config.sentinel2, grid, composite=composite, mask_snow=mask_snow)]
     missing: list[str] = []
@@ -113,9 +114,10 @@ def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", va
         missing.append("landcover")
     if config.vhr is not None:
         sources.append(open_vhr(config.vhr, grid.aoi))
-    if missing:
-        bands = [b for key in missing for b in OPTIONAL_BANDS[key]]
-        log.warning("no %s input: band(s) %s are nodata (the model treats them as missing)", ", ".join(missing), ", ".join(bands))
+    unread = [key for key in missing if set(OPTIONAL_BANDS[key]) & set(needed)]
+    if unread:
+        bands = [b for key in unread for b in OPTIONAL_BANDS[key]]
+        log.warning("no %s input: band(s) %s are nodata (the model treats them as missing)", ", ".join(unread), ", ".join(bands))
     positions = tuple(tuple(BANDS.index(b) for b in s.bands) for s in sources)
     bands = (*BANDS, VALID_COUNT) if valid_count else BANDS
     return StagePlan(

@@ -15,12 +15,26 @@ FETCH_FIELDS = {"catalog": "catalog", "fetch_datetime": "datetime", "fetch_max_c
                 "offline": "offline", "landcover_year": "landcover_year"}
 
 
+# --catalog, --offline and --landcover-year: shared as they are by `fetch` and `predict` (whose --datetime,
+# --max-cloud and --osm, older than fetching, serve both its STAC search and its fetching).
+catalog_opt = click.option("--catalog", default=None, metavar="NAME|URL",
+                           help="Where to fetch missing inputs: earth-search (default), planetary-computer, or the URL "
+                                "of a STAC API (or static catalog) laid out like them.")
+offline_opt = click.option("--offline", is_flag=True, help="Use the cache only; name everything that is not cached.")
+landcover_year_opt = click.option("--landcover-year", type=click.IntRange(2020, 2021), default=None,
+                                  help="The ESA WorldCover map to fetch (2020 or 2021, the default).")
+
+
+def source_options(f):
+    """--catalog, --offline, --landcover-year."""
+    for opt in reversed((catalog_opt, offline_opt, landcover_year_opt)):
+        f = opt(f)
+    return f
+
+
 def fetch_options(f):
     """--catalog, --datetime, --max-cloud, --osm, --offline, --landcover-year (read them with `fetch_options_from`)."""
     opts = (
-        click.option("--catalog", default=None, metavar="NAME|URL",
-                     help="Where to fetch missing inputs: earth-search (default), planetary-computer, or the URL of a "
-                          "STAC API (or static catalog) laid out like them."),
         click.option("--datetime", "fetch_datetime", default=None, metavar="START/END",
                      help="Sentinel-2 dates, e.g. 2023-01-01/2023-12-31 (default: the 12 months before today)."),
         click.option("--max-cloud", "fetch_max_cloud", type=click.FloatRange(0, 100), default=None,
@@ -28,13 +42,10 @@ def fetch_options(f):
         click.option("--osm", "fetch_osm", default=None, metavar="overpass|URL|FILE",
                      help="OpenStreetMap buildings: the Overpass API (default), or a PBF extract by URL or file "
                           "(clipped to the AOI)."),
-        click.option("--offline", is_flag=True, help="Use the cache only; name everything that is not cached."),
-        click.option("--landcover-year", type=click.IntRange(2020, 2021), default=None,
-                     help="The ESA WorldCover map to fetch (2020 or 2021, the default)."),
     )
     for opt in reversed(opts):
         f = opt(f)
-    return f
+    return source_options(f)
 
 
 def fetch_options_from(kwargs: dict[str, Any], progress: bool, **more: Any):

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import cli
+from .fetch import source_options
 from .options import (CRS_TYPE, RESOLUTION, city_input_options, city_overrides, composite_options, scheduler_opt,
                       threads_opt, tile_km_opt, tiles_opt, with_stac_items, workers_opt)
 
@@ -40,7 +41,8 @@ class _BatchSize(click.ParamType):
 @city_input_options
 @click.option("--demo", is_flag=True, help="Map the built-in demo city (generated once into $LCZMAP_CACHE or ~/.cache/lczmap).")
 @click.option("--out", required=True, type=click.Path(), help="Output GeoTIFF (COG), e.g. lcz.tif.")
-@click.option("--model", default=None, help="Model name or folder (default: msmla18-demo; see `lczmap models`).")
+@click.option("--model", default=None, help="Model name or folder (default: msmla18-demo on a demo city, else so2sat-sen2lcz; see `lczmap models`).")
+@click.option("--strict-inputs", is_flag=True, help="Refuse inputs far outside the model's training statistics (default: warn).")
 @click.option("--resolution", type=RESOLUTION, default=100.0, show_default=True, help="Output cell size in metres (multiple of 10).")
 @click.option("--crs", type=CRS_TYPE, default=None, help="Output CRS (default: the AOI's UTM zone). EPSG:4326 reprojects the finished map, as the LCZ Generator publishes it.")
 @click.option("--batch-size", type=_BatchSize(), default="256", show_default=True,
@@ -55,6 +57,7 @@ class _BatchSize(click.ParamType):
 @tiles_opt
 @tile_km_opt
 @composite_options
+@source_options
 @click.option("--probabilities", is_flag=True, help="Also write <out stem>_probabilities.tif: the 17 class probabilities, % + 1 (0 = nodata).")
 @click.option("--no-filter", "no_filter", is_flag=True, help="Skip the LCZ Generator's Gaussian filter (no lczFilter band).")
 @click.option("--nodata-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
@@ -76,16 +79,17 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
     """
     # the pipeline is imported when the command runs, so `lczmap --help` stays fast
     from ..aoi import read_aoi
-    from ..card import DEFAULT_MODEL
+    from ..card import DEFAULT_MODEL, load_card
     from ..cluster import check_cluster_options
     from ..config import load_city_config
     from ..errors import LczmapError
     from ..outputs import check_output
-    from ..predict import predict_city
+    from ..predict import default_model, predict_city
     from ..region import map_region, needs_region, plan_region
 
     overrides = city_overrides(kwargs)
     precision, stack = kwargs.pop("precision"), kwargs.pop("stack")
+    strict_inputs = kwargs.pop("strict_inputs")
     check_cluster_options(workers, threads, scheduler)
     check_output(out)  # refuse an unwritable --out before any work
     if stack is not None:
@@ -96,7 +100,7 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
             None, out, model=model or DEFAULT_MODEL, resolution=resolution if given else None, crs=crs,
             batch_size=batch_size, workers=workers, threads=threads, scheduler=scheduler, probabilities=probabilities,
             filter=not no_filter, nodata_threshold=nodata_threshold, progress=not ctx.obj.get("quiet", False),
-            precision=precision, stack=stack,
+            precision=precision, stack=stack, strict_inputs=strict_inputs,
         )
         _report(ctx, out, summary)
         return
@@ -104,8 +108,10 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
         if config_path is not None or any(v is not None for v in overrides.values()):
             raise LczmapError("--demo maps the built-in demo city: leave out --config and the input paths")
         config_path = demo_city()
-    config = with_stac_items(load_city_config(config_path, **overrides), stac_url, stac_datetime, max_cloud, out)
     quiet = ctx.obj.get("quiet", False)
+    config = _city_inputs(config_path, overrides, out, stac_url, stac_datetime, max_cloud, quiet,
+                          model_bands=load_card(model).bands if model else None, **kwargs)
+    model = model or default_model(config, offline=kwargs.get("offline", False))
     if tiles_output or tile_km is not None or needs_region(read_aoi(config.aoi)):
         if probabilities:
             raise LczmapError("--probabilities: a region (mapped in tiles) has no probabilities file; leave it out")
@@ -123,9 +129,48 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
         config, out, model=model or DEFAULT_MODEL, resolution=resolution, crs=crs, batch_size=batch_size,
         workers=workers, threads=threads, scheduler=scheduler, probabilities=probabilities, filter=not no_filter,
         nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow, progress=not quiet,
-        precision=precision,
+        precision=precision, strict_inputs=strict_inputs,
     )
     _report(ctx, out, summary)
+
+
+def _city_inputs(config_path: str | None, overrides: dict, out: str, stac_url: str | None, datetime: str | None,
+                 max_cloud: float | None, quiet: bool, catalog: str | None, offline: bool,
+                 landcover_year: int | None, model_bands: tuple[str, ...] | None = None, **_: object):
+    """The city's inputs: city.yaml and the command line's paths, Sentinel-2 found by --stac-url, and, for a city
+    given on the command line (no --config), every other input it lacks fetched into the cache (lczmap.fetch).
+    --osm overpass|URL fetches OSM; any other --osm is a file, as ever."""
+    from ..config import load_city_config
+    from ..fetch import SOURCES, FetchOptions, fetch_missing, missing_sources
+    from ..fetch.city import LABELS
+    from ..stage import OPTIONAL_BANDS
+
+    osm = overrides["osm"]
+    fetch_osm = osm if osm == "overpass" or str(osm).startswith(("http://", "https://")) else None
+    if fetch_osm:
+        overrides["osm"] = None
+    config = load_city_config(config_path, **overrides)
+    wanted = set(missing_sources(config)) if config_path is None else set()
+    if stac_url is not None:
+        wanted.discard("sentinel2")
+    if fetch_osm:
+        wanted.add("osm")
+    if model_bands is not None:  # fetch only the inputs whose bands the model reads (none for a Sentinel-2-only one)
+        wanted -= {key for key, bands in OPTIONAL_BANDS.items() if not set(bands) & set(model_bands)}
+    sources = tuple(s for s in SOURCES if s in wanted)
+    s2_fetched = "sentinel2" in sources
+    config = with_stac_items(config, stac_url, None if s2_fetched else datetime, None if s2_fetched else max_cloud, out)
+    if not sources:
+        return config
+    given = {"catalog": catalog, "osm": fetch_osm, "landcover_year": landcover_year,
+             "datetime": datetime if s2_fetched else None, "max_cloud": max_cloud if s2_fetched else None}
+    options = FetchOptions(**{k: v for k, v in given.items() if v is not None}, offline=offline, sources=sources,
+                           progress=not quiet)
+    if not quiet:
+        where = "the cache only (--offline)" if offline else f"{options.catalog}" + (
+            f", OSM from {options.osm}" if "osm" in sources else "")
+        click.echo(f"Fetching {', '.join(LABELS[s] for s in sources)} (not given) from {where}", err=True)
+    return fetch_missing(config, options)
 
 
 def _report(ctx: click.Context, out: str, summary: dict) -> None:

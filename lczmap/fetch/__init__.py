@@ -11,6 +11,8 @@ The modules, in the order data flows through them:
   city.py       all sources for one AOI, the missing-inputs error, city.yaml with provenance
 """
 
-from .city import SOURCES, FetchOptions, MissingInputsError, fetch_city, missing_inputs_error
+from .city import (SOURCES, FetchOptions, MissingInputsError, fetch_city, fetch_missing, missing_inputs_error,
+                   missing_sources)
 
-__all__ = ["SOURCES", "FetchOptions", "MissingInputsError", "fetch_city", "missing_inputs_error"]
+__all__ = ["SOURCES", "FetchOptions", "MissingInputsError", "fetch_city", "fetch_missing", "missing_inputs_error",
+           "missing_sources"]

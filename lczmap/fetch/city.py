@@ -4,10 +4,11 @@ write the city.yaml (with provenance) that `predict --config`, `stage` and `trai
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from odc.geo.geom import Geometry
 
 from .. import __version__
 from ..aoi import read_aoi
-from ..config import cache_root, load_city_config
+from ..config import CityConfig, cache_root, load_city_config
 from ..errors import LczmapError
 from ..grid import OUTPUT_RESOLUTION, CityGrid, city_grid
 from ..sources.sentinel2.stac import parse_datetime
@@ -111,6 +112,25 @@ def fetch_city(aoi_path: str | Path, out_dir: str | Path, options: FetchOptions 
     if missing:
         raise missing_inputs_error(missing, aoi_path, options.offline)
     return _write_city_yaml(aoi_path, out_dir, files, provenance, options)
+
+
+def missing_sources(config: CityConfig) -> tuple[str, ...]:
+    """The fetchable inputs a city lacks (OSM read online by staging, osm_online, counts as given)."""
+    return tuple(s for s in SOURCES if getattr(config, s) is None and not (s == "osm" and config.osm_online))
+
+
+def fetch_missing(config: CityConfig, options: FetchOptions) -> CityConfig:
+    """`config` with `options.sources` fetched over its AOI into a city folder in the cache
+    ($LCZMAP_CACHE/cities/<AOI and options key>) and set as its inputs, with their provenance."""
+    if not options.sources:
+        return config
+    key = hashlib.sha256(Path(config.aoi).read_bytes())
+    key.update(repr((options.catalog, options.datetime, options.max_cloud, options.min_clear, options.max_items,
+                     options.osm, options.landcover_year, sorted(options.sources))).encode())
+    root = Path(options.cache).parent if options.cache else cache_root()
+    fetched = load_city_config(fetch_city(config.aoi, root / "cities" / f"{Path(config.aoi).stem}-{key.hexdigest()[:12]}",
+                                          options))
+    return replace(config, **{s: getattr(fetched, s) for s in options.sources}, provenance=fetched.provenance)
 
 
 def fetch_region(grid: CityGrid) -> Geometry:
