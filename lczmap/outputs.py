@@ -582,6 +582,7 @@ def map_summary(plan: PredictPlan, areas: np.ndarray, box: GeoBox, paths: dict[s
                     "filter": filtered},
         "inputs": _input_names(plan),
         "sentinel2": sentinel2_summary(plan.stage),
+        "provenance": plan.config.provenance,  # what `lczmap fetch` got, from where, under which licence
         "lczmap_version": __version__,
     }
 
