@@ -36,6 +36,7 @@ LAYERS = (
     "lczmap.models_store",
     "lczmap.tiling",
     "lczmap.plan",
+    "lczmap.guard",
     "lczmap.inference",
     "lczmap.mosaic",
     "lczmap.report",

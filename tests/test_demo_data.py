@@ -306,7 +306,7 @@ def test_cli_demo_data(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["demo-data", str(tmp_path / "city"), "--seed", "3", "--size-km", "1.5"])
     assert result.exit_code == 0, result.output
-    assert Path(result.output.strip()) == tmp_path / "city" / "city.yaml"
+    assert Path(result.stdout.strip()) == tmp_path / "city" / "city.yaml"  # log lines go to stderr
     assert load_city_config(tmp_path / "city" / "city.yaml").truth.exists()
 
     bad = runner.invoke(cli, ["demo-data", str(tmp_path / "x"), "--size-km", "0.2"])
