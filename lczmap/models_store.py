@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_files, recover_aside, replace_path
+from .config import check_small_file
 from .card import CARD_FILE, ModelCard, load_card, model_cache, model_search_path, sha256, write_card
 from .errors import InputError, LczmapError, OptionError, UnsafeInputError
 from .locking import output_lock, stale_temporaries
@@ -155,14 +155,7 @@ PUBLISHED: dict[str, PublishedModel] = {
 
 def _checked_file(path: Path, what: str, limit: int) -> Path:
     """`path` as a regular file of at most `limit` bytes (no device, no folder), else one error naming it."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafeInputError(f"{path}: the {what} must be a regular file")
-    if info.st_size > limit:
-        raise InputError(f"{path}: {info.st_size} bytes is too big for a {what}")
+    check_small_file(path, what, limit, rule=f"too big for a {what}")
     return path
 
 

@@ -185,7 +185,7 @@ def test_import_refuses_bad_files_and_names(tmp_path, monkeypatch):
     text.write_text("not hdf5")
     cache = tmp_path / "cache"
     assert_refused(["models", "import", str(text), "--as", "x", "--like", "so2sat-sen2lcz"], "not a readable HDF5", cache)
-    assert_refused(["models", "import", "/dev/zero", "--as", "x"], "must be a regular file", cache)
+    assert_refused(["models", "import", "/dev/zero", "--as", "x"], "is not a regular file", cache)
     assert_refused(["models", "import", str(WEIGHTS), "--as", "../evil"], "--as '../evil'", cache)
     assert_refused(["models", "import", str(WEIGHTS), "--as", "msmla18-demo"], "already exists", cache)
     assert_refused(["models", "import", str(text), "--as", "x", "--like", "nope"], "--like nope", cache)
