@@ -44,7 +44,9 @@ def test_a_damaged_chunk_of_a_staged_stack_names_the_store(demo_city, tmp_path, 
     assert staged.exit_code == 0, staged.output
     chunk = next(p for p in (store / "stack").iterdir() if not p.name.startswith("."))
     data = chunk.read_bytes()
-    chunk.write_bytes(data[:16] + bytes(range(256)) * 4 if damage == "garbage" else data[: len(data) // 3])
+    # Damage that the codec itself detects: a Blosc header with garbage or cut data behind it makes c-blosc read out
+    # of bounds (a crash inside the codec, now and then), which no reader can turn into an error line.
+    chunk.write_bytes(bytes(range(256)) * 4 if damage == "garbage" else data[:8])
     line = one_error_line(runner.invoke(cli, ["-q", "predict", "--stack", str(store), "--out", str(tmp_path / "lcz.tif")]))
     assert line.startswith(f"Error: {store}: staged stack cannot be read (a compressed chunk is corrupt: "), line
     assert not (tmp_path / "lcz.tif").exists()
