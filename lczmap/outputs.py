@@ -372,8 +372,21 @@ def write_cogs(box: GeoBox, folder: Path, chunks: Any, files: dict[str, tuple[li
         vrt.write_text(class_vrt(box, blocks, bands, file_tags))
         # Only the map keeps GDAL's sidecar (its class names and attribute table); the others have none.
         sidecar = tmp["map_aux"] if key == "map" else None
-        tasks.append(dask.delayed(translate_cog, pure=False)(vrt, tmp[key], resampling, sidecar))
-    run(dask.delayed(tuple)(tasks))
+        tasks.append(dask.delayed(_translate_settled, pure=False)(vrt, tmp[key], resampling, sidecar))
+    # Every copy ends before a failure is raised: a copy still running would write its temporary after the
+    # caller's clean-up had removed the others.
+    failures = [error for error in run(dask.delayed(tuple)(tasks)) if error is not None]
+    if failures:
+        raise failures[0]
+
+
+def _translate_settled(*args: Any) -> BaseException | None:
+    """translate_cog(*args), returning its exception instead of raising it (see write_cogs)."""
+    try:
+        translate_cog(*args)
+    except Exception as exc:  # noqa: BLE001 (re-raised by write_cogs once every copy has ended)
+        return exc
+    return None
 
 
 def write_class_cogs(stack: Any, box: GeoBox, files: dict[str, tuple[list[Band], dict[str, str], str]],
