@@ -142,7 +142,6 @@ def _city_inputs(config_path: str | None, overrides: dict, out: str, stac_url: s
     --osm overpass|URL fetches OSM; any other --osm is a file, as ever."""
     from ..config import load_city_config
     from ..fetch import SOURCES, FetchOptions, fetch_missing, missing_sources
-    from ..fetch.city import LABELS
     from ..stage import OPTIONAL_BANDS
 
     osm = overrides["osm"]
@@ -166,10 +165,6 @@ def _city_inputs(config_path: str | None, overrides: dict, out: str, stac_url: s
              "datetime": datetime if s2_fetched else None, "max_cloud": max_cloud if s2_fetched else None}
     options = FetchOptions(**{k: v for k, v in given.items() if v is not None}, offline=offline, sources=sources,
                            progress=not quiet)
-    if not quiet:
-        where = "the cache only (--offline)" if offline else f"{options.catalog}" + (
-            f", OSM from {options.osm}" if "osm" in sources else "")
-        click.echo(f"Fetching {', '.join(LABELS[s] for s in sources)} (not given) from {where}", err=True)
     return fetch_missing(config, options)
 
 

@@ -124,6 +124,10 @@ def fetch_missing(config: CityConfig, options: FetchOptions) -> CityConfig:
     ($LCZMAP_CACHE/cities/<AOI and options key>) and set as its inputs, with their provenance."""
     if not options.sources:
         return config
+    read_aoi(config.aoi)  # the AOI's checks (file type, size, geometry) before its bytes key the cache
+    where = "the cache only (--offline)" if options.offline else options.catalog + (
+        f", OSM from {options.osm}" if "osm" in options.sources else "")
+    log.info("Fetching %s (not given) from %s", ", ".join(LABELS[s] for s in options.sources), where)
     key = hashlib.sha256(Path(config.aoi).read_bytes())
     key.update(repr((options.catalog, options.datetime, options.max_cloud, options.min_clear, options.max_items,
                      options.osm, options.landcover_year, sorted(options.sources))).encode())
