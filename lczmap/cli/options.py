@@ -101,8 +101,8 @@ def composite_options(f):
         click.option("--stac-url", default=None, help="Search this STAC API (or static catalog) for Sentinel-2 L2A "
                      "items over the AOI and composite them (windowed COG reads; off by default)."),
         click.option("--datetime", "stac_datetime", default=None, callback=_checked_datetime,
-                     help="With --stac-url: an RFC 3339 date range, e.g. 2023-01-01/2023-12-31, ../2024-01-31 or one date."),
-        click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, help="With --stac-url: the largest eo:cloud_cover (%) of an item."),
+                     help="Sentinel-2 search (--stac-url, or the search predict --aoi makes for a missing --s2): an RFC 3339 date range, e.g. 2023-01-01/2023-12-31, ../2024-01-31 or one date."),
+        click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, help="Sentinel-2 search (as --datetime): the largest eo:cloud_cover (%) of an item."),
     )
     for opt in reversed(opts):
         f = opt(f)
