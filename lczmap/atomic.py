@@ -9,7 +9,9 @@ import glob
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +139,41 @@ def finish_interrupted(first: Path, paths: Iterable[Path]) -> None:
             if Path(tmp).parent == first.parent and Path(final).parent == first.parent and Path(tmp).exists():
                 os.replace(tmp, final)
         journal.unlink(missing_ok=True)
+    for half in first.parent.glob(f"..{glob.escape(first.name)}.*.journal.*.tmp"):  # cut short: never a commit point
+        pid = half.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            half.unlink(missing_ok=True)
     for written in paths:
         for stale in stale_temporaries(Path(written)) + stale_temporaries(Path(written), BLOCKS_SUFFIX):
             _remove(stale)
     clear_stale_lock(first)  # a killed run's lock file (a held one is left alone)
+
+
+@dataclass(frozen=True)
+class _Record:
+    anchor: Path  # the set of outputs that writes this file also commits the record
+    path: Path  # the record's JSON file, in the anchor's folder
+    make: Callable[[dict[Path, Path]], Any]  # its content, from the set's temporaries by final (absolute) path
+
+
+# The record a caller asked to commit with a set of outputs written below it (see `committed_with`).
+_pending_record: ContextVar[_Record | None] = ContextVar("lczmap_pending_record", default=None)
+
+
+@contextlib.contextmanager
+def committed_with(anchor: Path, path: Path, make: Callable[[dict[Path, Path]], Any]) -> Iterator[None]:
+    """Inside the block, the `atomic_files` set that writes `anchor` also writes the JSON file `path`, in its journal.
+
+    `make(temporaries)` (temporaries by absolute final path, all complete) gives the JSON content once the set's block
+    succeeded; the record is renamed with the set, last, so a kill at any instruction leaves the set with its
+    record or the old files with the old record, never outputs a record does not describe. Lets a caller
+    (a batch recording a finished city) join the commit of a writer it only calls (`lczmap predict`'s files).
+    """
+    token = _pending_record.set(_Record(Path(anchor).absolute(), Path(path), make))
+    try:
+        yield
+    finally:
+        _pending_record.reset(token)
 
 
 @contextlib.contextmanager
@@ -149,18 +182,25 @@ def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
 
     Under the lock of `paths[0]`. Once every temporary is complete a journal records the renames, so a kill
     between two renames is completed by the next run (`finish_interrupted`): the outputs beside each other
-    always end up from one run. The summary JSON is renamed last, so a summary names a finished set.
+    always end up from one run. The summary JSON is renamed last, so a summary names a finished set; a record
+    of `committed_with` naming one of `paths` is written and renamed with them, after it.
     """
+    record = _pending_record.get()
+    if record is not None and record.anchor not in (p.absolute() for p in paths):
+        record = None
+    written = [*paths, *([record.path] if record else [])]
     with output_lock(paths[0]):
-        finish_interrupted(paths[0], paths)
-        tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]
+        finish_interrupted(paths[0], written)
+        tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in written]
         try:
-            yield tmps
+            yield tmps[:len(paths)]
+            if record is not None:
+                tmps[-1].write_text(json.dumps(record.make({p.absolute(): t for p, t in zip(paths, tmps)}), indent=2) + "\n")
         except BaseException:
             for t in tmps:
                 t.unlink(missing_ok=True)
             raise
-        pairs = sorted(((t, p) for t, p in zip(tmps, paths) if t.exists()), key=lambda tp: tp[1].suffix == ".json")
+        pairs = sorted(((t, p) for t, p in zip(tmps, written) if t.exists()), key=lambda tp: tp[1].suffix == ".json")
         journal = _journal(paths[0], os.getpid())
         write_json_atomic(journal, {"files": [[str(t), str(p)] for t, p in pairs]})
         for t, p in pairs:

@@ -16,12 +16,16 @@ before anything is done (one line naming the key). A city whose config is missin
 fails while planning, computing or writing, is a failed city: the others go on, the exit code is 1.
 
 Outputs in `output_dir`: per city what `lczmap predict --out <name>.tif` writes (the map, its summary
-JSON, quicklook and QGIS style; with `probabilities: true` also `<name>_probabilities.tif`), and
-`manifest.json`, rewritten atomically after each city, with each city's status (`done`, `skipped`,
-`failed` with its error, `pending` while not finished), timings, options and the tif's sha256.
-Running the same pipeline again skips every city whose tif still has the sha256 the manifest recorded
-(and whose config and options are unchanged) and redoes the rest, so a killed run resumes; outputs
-are renamed into place only when complete, and temporary files a killed run left behind are removed.
+JSON, quicklook and QGIS style; with `probabilities: true` also `<name>_probabilities.tif`) and its
+record `<name>.batch.json` (options, timings, the tif's sha256), committed in the same journal as the
+files (lczmap.atomic.committed_with): a kill at any instruction leaves a city's new files with their
+record or neither. `manifest.json`, rewritten atomically after each city, lists each city's status
+(`done`, `skipped`, `failed` with its error line, `pending` while not finished) and its record.
+Running the same pipeline again first completes a commit a kill interrupted, then skips every city
+whose record's options are unchanged and whose tif still has the recorded sha256, and redoes the rest,
+so a killed run resumes without mapping a finished city again; temporaries a killed run left are removed.
+A city task returns its failure as its manifest entry rather than raising it, so a failed city is one
+line (`failed NAME: reason`), not a worker's 'Compute Failed' block with a traceback (that goes to -v).
 
 The cluster (lczmap.cluster): a local one of worker processes (`--workers N` of `--threads T` each, or
 `--gpus 0,1` for one worker per GPU), or a running one (`--scheduler tcp://host:8786`) whose workers
@@ -38,7 +42,7 @@ import logging
 import os
 import re
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,20 +51,22 @@ from distributed import as_completed
 
 from . import __version__, region
 from .aoi import read_aoi
-from .atomic import write_json_atomic
+from .atomic import committed_with, finish_interrupted, write_json_atomic
 from .card import DEFAULT_MODEL, load_card, sha256
 from .cluster import runner
 from .config import (Key, check_bool, check_composite, check_count, check_crs, check_mapping, check_resolution, check_share,
                      check_text, load_city_config, read_yaml_mapping)
-from .errors import LczmapError
+from .errors import LczmapError, OutputBusyError
 from .locking import output_lock, stale_temporaries
 from .outputs import output_paths
-from .plan import RegionPlan
+from .plan import RegionPlan, RegionSpec, Tile
 from .predict import predict_city
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+RECORD_SUFFIX = ".batch.json"  # a finished city's record, beside its tif
+TRACEBACK = "traceback"  # the key of a failed city's traceback on its way from the worker to the client's debug log
 # How long a city task waits for another process still writing the same city (see map_city) before it fails.
 ORPHAN_WAIT_S = 1800.0
 # Predict options a pipeline may set globally or per city, checked by the same rules as the command-line options.
@@ -154,20 +160,6 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return Pipeline(path.resolve(), (base / doc["output_dir"]).resolve(), tuple(jobs))
 
 
-def read_manifest(output_dir: Path) -> dict[str, Any]:
-    """The manifest of an earlier run in `output_dir`, or an empty one."""
-    path = Path(output_dir) / MANIFEST
-    if not path.exists():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        # Written atomically, so this is a hand-edited file: recomputing is the safe reading of it.
-        log.warning("%s is not valid JSON; every city will be recomputed", path)
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
     """Rewrite manifest.json atomically (temporary file in the same folder, then os.replace)."""
     manifest["updated"] = _now()
@@ -184,42 +176,107 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
+def record_path(output_dir: Path, name: str) -> Path:
+    """Where city `name`'s record is committed with its files."""
+    return Path(output_dir) / f"{name}{RECORD_SUFFIX}"
+
+
+def read_record(output_dir: Path, name: str) -> dict[str, Any] | None:
+    """The record of city `name` in `output_dir`, or None when it has none."""
+    path = record_path(output_dir, name)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        # Committed atomically, so this is a hand-edited file: recomputing the city is the safe reading of it.
+        log.warning("%s is not a readable record; city %s will be recomputed", path, name)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def settle_city(output_dir: Path, name: str) -> dict[str, Any] | None:
+    """Complete what a killed run left of city `name` and return its record (None: it has none, or is being written).
+
+    A commit whose journal was written is finished (then its files and record are in place), and the
+    temporaries of dead runs are removed; a city that a task of an earlier run still writes is left alone.
+    """
+    tif = Path(output_dir) / f"{name}.tif"
+    try:
+        with output_lock(tif):
+            finish_interrupted(tif, [*output_paths(tif).values(), record_path(output_dir, name)])
+    except OutputBusyError:
+        return None
+    return read_record(output_dir, name)
+
+
 def is_finished(job: CityJob, entry: dict[str, Any] | None, output_dir: Path) -> bool:
-    """True when an earlier run finished this city and its tif still matches the recorded sha256."""
+    """True when `entry` (the city's record) says it was finished with these options and its tif still has that sha256."""
     if not entry or entry.get("status") not in ("done", "skipped") or entry.get("options") != job.fingerprint():
         return False
     tif = Path(output_dir) / f"{job.name}.tif"
     return tif.is_file() and entry.get("sha256") == sha256(tif)
 
 
-def remove_stale_temporaries(output_dir: Path, name: str) -> list[Path]:
-    """Delete the temporary files a killed run left for city `name` (predict's `.<file>.<pid>.tmp`)."""
-    stale = [t for p in output_paths(Path(output_dir) / f"{name}.tif").values() for t in stale_temporaries(p)]  # dead writers only
-    for tmp in stale:
-        log.info("removing %s, left by an interrupted run", tmp)
-        tmp.unlink(missing_ok=True)
-    return stale
+@contextlib.contextmanager
+def _recorded(job: CityJob, tif: Path) -> Iterator[dict[str, Any]]:
+    """Commit the city's record with the files written below (`tif`'s set); yields the record, filled at the commit."""
+    summary_path = output_paths(tif)["summary"]
+    entry: dict[str, Any] = {}
 
+    def make(tmp: dict[Path, Path]) -> dict[str, Any]:
+        summary = json.loads(tmp[summary_path.absolute()].read_text())
+        entry.update(status="done", output=tif.name, sha256=sha256(tmp[tif.absolute()]), files=summary["outputs"],
+                     options=job.fingerprint(), seconds=summary.get("seconds", {}), finished=_now())
+        return entry
+
+    with committed_with(summary_path, record_path(tif.parent, job.name), make):
+        yield entry
+
+
+def _failed(job: CityJob, exc: BaseException) -> dict[str, Any]:
+    """The manifest entry of a city that failed with `exc` (its traceback rides along for the client's debug log)."""
+    return {"status": "failed", "error": _error_text(exc), "options": job.fingerprint(), "finished": _now(),
+            TRACEBACK: "".join(traceback.format_exception(exc))}
+
+
+# The tasks below run on workers and return a failure instead of raising it: a task that raises is logged by
+# the worker as 'Compute Failed' with a traceback, and its exception may not survive the trip back intact.
 
 def map_city(job: CityJob, output_dir: Path) -> dict[str, Any]:
-    """Map one city where this runs (a worker: its blocks on that worker's threads) and write its files; its manifest entry."""
+    """Map one city where this runs (a worker: its blocks on that worker's threads), write its files and record;
+    its manifest entry."""
     tif = Path(output_dir) / f"{job.name}.tif"
-    # A task of an earlier run whose client was stopped may still be writing this city on the cluster (a running
-    # task cannot be cancelled): wait for it, then map the city again, as that run's manifest never recorded it.
-    with output_lock(tif, wait=ORPHAN_WAIT_S):
-        summary = predict_city(load_city_config(job.config, name=job.name), tif, progress=False, **job.options)
-    return _done(job, tif, summary)
+    try:
+        # A task of an earlier run whose client was stopped may still be writing this city on the cluster (a running
+        # task cannot be cancelled): wait for it, then map the city again, as that run's record is not this one's.
+        with output_lock(tif, wait=ORPHAN_WAIT_S), _recorded(job, tif) as entry:
+            predict_city(load_city_config(job.config, name=job.name), tif, progress=False, **job.options)
+    except Exception as exc:
+        return _failed(job, exc)
+    return entry
+
+
+def _region_tile(job: CityJob, spec: RegionSpec, tile: Tile) -> dict[str, Any]:
+    """One tile of a region-sized city (runs on a worker): its result, or its city's failed entry."""
+    try:
+        return region.map_tile(spec, tile)
+    except Exception as exc:
+        return _failed(job, exc)
 
 
 def _region_done(job: CityJob, plan: RegionPlan, *tiles: dict[str, Any]) -> dict[str, Any]:
-    """The mosaic of a region-sized city, once all its tiles are done (runs on a worker); its manifest entry."""
-    return _done(job, plan.out, region.write_mosaic(plan, list(tiles), {}))
-
-
-def _done(job: CityJob, tif: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """The manifest entry of a city whose files `tif` (and the others of `summary`) are written."""
-    return {"status": "done", "output": tif.name, "sha256": sha256(tif), "files": summary["outputs"],
-            "options": job.fingerprint(), "seconds": summary.get("seconds", {}), "finished": _now()}
+    """The mosaic of a region-sized city and its record, once all its tiles are done (runs on a worker); its
+    manifest entry (a failed tile's, if one failed)."""
+    failed = [t for t in tiles if t.get("status") == "failed"]
+    if failed:
+        return failed[0]
+    try:
+        with _recorded(job, plan.out) as entry:
+            region.write_mosaic(plan, list(tiles), {})
+    except Exception as exc:
+        return _failed(job, exc)
+    return entry
 
 
 def _submit(client: Any, job: CityJob, output_dir: Path, priority: int) -> Any:
@@ -231,8 +288,8 @@ def _submit(client: Any, job: CityJob, output_dir: Path, priority: int) -> Any:
     if job.options.get("probabilities"):
         log.warning("city %s is mapped as a region: its probabilities file is not written", job.name)
     plan = region.plan_region(config, Path(output_dir) / f"{job.name}.tif", **{"model": DEFAULT_MODEL, **options})
-    tiles = [client.submit(region.map_tile, plan.spec, t, pure=False, priority=priority, key=f"lczmap-tile-{job.name}-{t.id}-{os.getpid()}")
-             for t in plan.tiles]
+    tiles = [client.submit(_region_tile, job, plan.spec, t, pure=False, priority=priority,
+                           key=f"lczmap-tile-{job.name}-{t.id}-{os.getpid()}") for t in plan.tiles]
     return client.submit(_region_done, job, plan, *tiles, pure=False, priority=priority, key=f"lczmap-region-{job.name}-{os.getpid()}")
 
 
@@ -262,29 +319,26 @@ def run_batch(
         stack.enter_context(output_lock(out / MANIFEST))  # one batch per output folder: Error: ... being written by process N
         for stale in stale_temporaries(out / MANIFEST):
             stale.unlink(missing_ok=True)
-        previous = read_manifest(out).get("cities", {})
         manifest: dict[str, Any] = {
             "pipeline": str(pipeline.path), "lczmap_version": __version__, "started": _now(), "cities": {},
         }
         cities = manifest["cities"]
 
         def record(name: str, entry: dict[str, Any]) -> None:
+            trace = entry.pop(TRACEBACK, None)
+            if trace:
+                log.debug("city %s failed:\n%s", name, trace)
             cities[name] = entry
             write_manifest(out, manifest)
             if on_city is not None:
                 on_city(name, entry)
 
-        def fail(job: CityJob, exc: BaseException) -> None:
-            log.debug("city %s failed:\n%s", job.name, "".join(traceback.format_exception(exc)))
-            record(job.name, {"status": "failed", "error": _error_text(exc), "options": job.fingerprint(), "finished": _now()})
-
         todo: list[CityJob] = []
         for job in pipeline.cities:
-            entry = previous.get(job.name)
+            entry = settle_city(out, job.name)  # the manifest is rebuilt from the records committed with the maps
             if is_finished(job, entry, out):
                 record(job.name, {**entry, "status": "skipped"})
                 continue
-            remove_stale_temporaries(out, job.name)
             cities[job.name] = {"status": "pending", "options": job.fingerprint()}
             todo.append(job)
         write_manifest(out, manifest)
@@ -300,13 +354,13 @@ def run_batch(
             try:
                 futures[_submit(client, job, out, priority=len(todo) - rank)] = job
             except Exception as exc:  # a config or AOI that cannot be read fails this city only
-                fail(job, exc)
+                record(job.name, _failed(job, exc))
         for future in as_completed(list(futures)):
             job = futures.pop(future)
             try:
                 record(job.name, future.result())
-            except Exception as exc:  # a failed plan, block or write fails this city only
-                fail(job, exc)
+            except Exception as exc:  # the cluster lost the task (its workers died): this city only
+                record(job.name, _failed(job, exc))
             finally:
                 future.release()
     return manifest

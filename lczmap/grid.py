@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -15,6 +17,8 @@ from odc.geo.geom import Geometry
 from rasterio.features import rasterize
 
 from .errors import LczmapError
+
+log = logging.getLogger(__name__)
 
 BASE_RESOLUTION = 10.0
 OUTPUT_RESOLUTION = 100.0
@@ -116,8 +120,124 @@ def city_grid(
     local = to_lonlat(aoi).to_crs(target) if aoi.crs.geographic else aoi.to_crs(target)
     minx, miny, maxx, maxy = local.boundingbox
     output = GeoBox.from_bbox((minx, miny, maxx, maxy), target, resolution=resolution)
+    if not _holds_cell_centre(local, output):
+        local = _touched_cells(local, output)
     f = round(factor)
     base_affine = output.affine @ Affine.scale(1 / f)
     halo = math.ceil(patch / 2)
     base = GeoBox((output.shape[0] * f, output.shape[1] * f), base_affine, target).pad(halo)
     return CityGrid(aoi=local, output=output, base=base, halo=halo)
+
+
+# Output grids up to this many cells are checked for an AOI that holds no cell centre (a rasterised uint8 mask of
+# at most 16 MiB, some 50 ms); a grid that wide belongs to an AOI hundreds of kilometres across, an area, not a hairline.
+MAX_CENTRE_CHECK_CELLS = 1 << 24
+
+
+def _holds_cell_centre(aoi: Geometry, output: GeoBox) -> bool:
+    """True when some output cell's centre lies in the AOI (the cells a map covers; see CityGrid.aoi_mask)."""
+    if output.shape[0] * output.shape[1] > MAX_CENTRE_CHECK_CELLS:
+        return True
+    return bool(rasterize([aoi.geom], out_shape=output.shape, transform=output.affine, fill=0, default_value=1,
+                          dtype="uint8").any())
+
+
+def _touched_cells(aoi: Geometry, output: GeoBox) -> Geometry:
+    """The output cells an AOI touches, as one geometry: the AOI a map covers when the AOI holds no cell centre
+    (a 1 m2 square, a hairline polygon), so it maps the cells it lies in rather than nothing."""
+    touched = rasterize([aoi.geom], out_shape=output.shape, transform=output.affine, fill=0, default_value=1,
+                        dtype="uint8", all_touched=True)
+    rows, cols = np.nonzero(touched)
+    cells = [shapely.box(*output[r:r + 1, c:c + 1].boundingbox) for r, c in zip(rows.tolist(), cols.tolist())]
+    log.info("the AOI holds no centre of a %g m cell; mapping the %d cell(s) it touches", abs(output.resolution.x),
+             len(cells))
+    return Geometry(shapely.union_all(cells), aoi.crs)
+
+
+# ---- the size of a plan, from the AOI's bounds alone (checked before any pixel is read or any list is built) ----
+
+# The widest AOI mapped as one grid (a city's); a wider one is a region of tiles (lczmap.region), and is too big
+# for one stack (`lczmap stage`): 400 km is a stack of 40 000 x 40 000 pixels at 10 m, some 80 GB.
+MAX_GRID_EXTENT_M = 400_000
+# The most tiles one region's plan holds: 4.2 million km2 (the European Union's area) in 32 km tiles, cut in
+# well under a minute; a bigger AOI is mapped in parts, or in larger tiles.
+MAX_REGION_TILES = 4096
+# Bytes of one base pixel in a stack: 13 float32 bands (lczmap.stage.BANDS).
+STACK_BYTES_PER_PIXEL = 13 * 4
+
+
+@dataclass(frozen=True)
+class PlanSize:
+    """An AOI's extent in its own UTM zone, and what it costs: base pixels (a stack), tiles (a region)."""
+
+    width_m: float
+    height_m: float
+
+    @property
+    def extent_m(self) -> float:
+        return max(self.width_m, self.height_m)
+
+    @property
+    def base_pixels(self) -> int:
+        return math.ceil(self.width_m / BASE_RESOLUTION) * math.ceil(self.height_m / BASE_RESOLUTION)
+
+    def tiles(self, tile_km: float) -> int:
+        """About how many tiles of `tile_km` cover the AOI's bounds (a region's plan; lczmap.region.plan_tiles)."""
+        side = tile_km * 1000
+        return (math.floor(self.width_m / side) + 1) * (math.floor(self.height_m / side) + 1)
+
+    def describe(self) -> str:
+        """'W x H km, A km2 in its bounds', for messages."""
+        return (f"{self.width_m / 1000:.0f} x {self.height_m / 1000:.0f} km, "
+                f"{self.width_m * self.height_m / 1e6:.3g} km2 in its bounds")
+
+
+def plan_size(aoi: Geometry) -> PlanSize:
+    """The AOI's bounds in the UTM zone of its centroid: a plan's size, known before any grid or list is made."""
+    minx, miny, maxx, maxy = to_lonlat(aoi).to_crs(utm_crs(aoi)).boundingbox
+    return PlanSize(maxx - minx, maxy - miny)
+
+
+def check_stack_size(aoi: Geometry, where: str | Path) -> PlanSize:
+    """Refuse (one LczmapError naming `where`, the AOI file) an AOI too wide for one stack; else its PlanSize."""
+    size = plan_size(aoi)
+    if size.extent_m > MAX_GRID_EXTENT_M:
+        raise LczmapError(
+            f"--aoi {where}: {size.describe()}, a stack of {size.base_pixels:.3g} pixels at {BASE_RESOLUTION:g} m "
+            f"(about {size.base_pixels * STACK_BYTES_PER_PIXEL / 1e9:,.0f} GB); a stack is one grid at most "
+            f"{MAX_GRID_EXTENT_M // 1000} km wide: map the AOI as a region with `lczmap predict --aoi {where} --tiles` "
+            f"(tile by tile), or stage parts of it")
+    return size
+
+
+def check_region_size(aoi: Geometry, tile_km: float, where: str | Path) -> int:
+    """About how many tiles the region's plan holds, from the AOI's bounds alone, logged before the tiles are cut
+    (some 10 ms each); more than MAX_REGION_TILES is refused (one LczmapError naming `where`, the AOI file)."""
+    size = plan_size(aoi)
+    tiles = size.tiles(tile_km)
+    if tiles > MAX_REGION_TILES:
+        larger = math.ceil(tile_km * math.sqrt(tiles / MAX_REGION_TILES))
+        raise LczmapError(f"--aoi {where}: {size.describe()}, about {tiles} tiles of {tile_km:g} km; a region plans at "
+                          f"most {MAX_REGION_TILES} tiles: map it in parts (an AOI per part), or in larger tiles "
+                          f"(--tile-km {larger})")
+    log.info("%s: a region of %s; cutting about %d tiles of %g km", where, size.describe(), tiles, tile_km)
+    return tiles
+
+
+# Plan-time checks of an input's pixels read it on a version of the base grid at most this many pixels across.
+SAMPLE_CELLS = 256
+
+
+def aoi_sample(aoi: Geometry, base: GeoBox) -> tuple[GeoBox, np.ndarray]:
+    """A coarse version of `base` (at most SAMPLE_CELLS pixels across) and the AOI's mask on it (every pixel the
+    AOI touches), where an input's usable pixels are counted when it is opened."""
+    coarse = base.zoom_out(max(1.0, math.ceil(max(base.shape) / SAMPLE_CELLS)))
+    mask = rasterize([aoi.to_crs(base.crs).geom], out_shape=coarse.shape, transform=coarse.affine, fill=0,
+                     default_value=1, dtype="uint8", all_touched=True) == 1
+    return coarse, mask
+
+
+def usable_share(usable: np.ndarray, aoi: np.ndarray) -> float | None:
+    """The share of the `aoi` mask's pixels that are `usable`; None for an empty mask."""
+    n = int(aoi.sum())
+    return round(int((usable & aoi).sum()) / n, 4) if n else None

@@ -26,7 +26,7 @@ from .config import cache_root
 from .nets.graphs import GraphBatch, build_graphs
 from .plan import PredictPlan
 from .sources import read_vhr_window
-from .stage import add_seconds
+from .stage import add_seconds, record_block_seconds
 from .tiling import BlockPatches
 
 log = logging.getLogger(__name__)
@@ -280,8 +280,17 @@ class DeviceCutter:
 
 
 def predict_block(plan: PredictPlan, rows: slice, cols: slice) -> np.ndarray:
-    """(17, h, w) float32 class probabilities of output cells rows x cols (one dask task); NaN where not mapped."""
-    return infer_block(plan, prepare_block(plan, rows, cols))
+    """(17, h, w) float32 class probabilities of output cells rows x cols (one dask task); NaN where not mapped.
+
+    Records the seconds of its "stage" (read and prepare the window) and "infer" (the model, waiting for this
+    process's one model call at a time included) for the map's summary (lczmap.stage.record_block_seconds).
+    """
+    t0 = time.perf_counter()
+    prepared = prepare_block(plan, rows, cols)
+    t1 = time.perf_counter()
+    probabilities = infer_block(plan, prepared)
+    record_block_seconds(stage=t1 - t0, infer=time.perf_counter() - t1)
+    return probabilities
 
 
 # ---- many blocks in one process -------------------------------------------------------------------------

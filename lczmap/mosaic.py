@@ -47,7 +47,6 @@ STATUS_OUTSIDE = 0  # outside the AOI (no data)
 STATUS_MAPPED = 1  # classified by the model
 STATUS_FILLED = 2  # no prediction; the Gaussian filter gave it the class of its mapped neighbours
 STATUS_MISSING = 3  # no prediction and no mapped neighbour within the filter's reach: no class
-STATUS_NAMES = {STATUS_MAPPED: "mapped by the model", STATUS_FILLED: "filled by the filter", STATUS_MISSING: "no data"}
 STATUS_COLOURS = {STATUS_MAPPED: (200, 200, 200), STATUS_FILLED: (230, 120, 20), STATUS_MISSING: (200, 40, 200)}
 
 # Pixel size of the global LCZ map (Demuzere et al. 2022), about 100 m at the equator: a region's mosaic in EPSG:4326.
@@ -128,11 +127,14 @@ def class_stack(probabilities: Any, aoi: Any, resolution: float, filter: bool = 
                         chunks=((3,), *probabilities.chunks[1:]))  # lcz, chosen, aoi
     if not filter:
         return da.map_blocks(_status_block, raw, dtype=np.uint8, chunks=((N_CLASS_BANDS,), *raw.chunks[1:]))
-    depth = filter_reach(resolution)
+    # The halo per axis: the filter's reach, or the map's size where the map is narrower (a map of a few cells):
+    # beyond the map everything is zero either way, the halo's padding or the filter's own.
+    depth = {axis: min(filter_reach(resolution), raw.shape[axis]) for axis in (1, 2)}
     # map_overlap needs blocks at least as wide as the halo; merge narrow edge blocks first (usually a no-op).
-    raw = raw.rechunk({axis: ensure_minimum_chunksize(depth, raw.chunks[axis]) for axis in (1, 2)})
-    return da.map_overlap(_filter_block, raw, depth={0: 0, 1: depth, 2: depth}, boundary={1: 0, 2: 0}, trim=False,
-                          dtype=np.uint8, chunks=((N_CLASS_BANDS,), *raw.chunks[1:]), resolution=resolution, halo=depth)
+    raw = raw.rechunk({axis: ensure_minimum_chunksize(depth[axis], raw.chunks[axis]) for axis in (1, 2)})
+    return da.map_overlap(_filter_block, raw, depth={0: 0, **depth}, boundary={1: 0, 2: 0}, trim=False,
+                          dtype=np.uint8, chunks=((N_CLASS_BANDS,), *raw.chunks[1:]), resolution=resolution,
+                          halo=(depth[1], depth[2]))
 
 
 def aoi_array(plan: PredictPlan) -> Any:
@@ -148,11 +150,11 @@ def _classify_block(probabilities: np.ndarray, aoi: np.ndarray) -> np.ndarray:
     return np.stack([*classify(probabilities, aoi[0]), aoi[0].astype(np.uint8)])
 
 
-def _filter_block(raw: np.ndarray, resolution: float, halo: int) -> np.ndarray:
-    """(3, h + 2 halo, w + 2 halo) lcz, chosen, aoi -> (4, h, w) lcz, lczFilter, lczProbability, status."""
+def _filter_block(raw: np.ndarray, resolution: float, halo: tuple[int, int]) -> np.ndarray:
+    """(3, h + 2 halo_y, w + 2 halo_x) lcz, chosen, aoi -> (4, h, w) lcz, lczFilter, lczProbability, status."""
     lcz, aoi = raw[LCZ], raw[2].astype(bool)
     filtered = lcz_filter(lcz, resolution, fill=aoi)
-    inner = (slice(halo, raw.shape[1] - halo), slice(halo, raw.shape[2] - halo))
+    inner = (slice(halo[0], raw.shape[1] - halo[0]), slice(halo[1], raw.shape[2] - halo[1]))
     status = cell_status(lcz[inner], filtered[inner], aoi[inner])
     return np.stack([lcz[inner], filtered[inner], raw[1][inner], status])
 

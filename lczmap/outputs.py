@@ -36,12 +36,12 @@ from .classes import NODATA, N_CLASSES, lcz_classes
 from .cluster import Runner
 from .config import PATH_KEYS, CityConfig
 from .errors import OutputError
-from .mosaic import (LCZ, LCZ_FILTER, LCZ_PROBABILITY, N_CLASS_BANDS, STATUS, STATUS_COLOURS, STATUS_NAMES, aoi_array,
-                     area_method, area_summary, block_areas, cell_areas_km2, class_stack, output_geobox,
-                     probability_stack, reproject_stack)
+from .mosaic import (LCZ, LCZ_FILTER, LCZ_PROBABILITY, N_CLASS_BANDS, STATUS, STATUS_COLOURS, STATUS_FILLED,
+                     STATUS_MAPPED, STATUS_MISSING, aoi_array, area_method, area_summary, block_areas, cell_areas_km2,
+                     class_stack, output_geobox, probability_stack, reproject_stack)
 from .plan import PredictPlan, RegionPlan
 from .report import credits_for, quicklook
-from .stage import sentinel2_summary
+from .stage import block_seconds, dsm_summary, sentinel2_summary
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ MAP_FILES = ("map", "map_aux", "lcz3", "filled", "summary", "quicklook", "style"
 INPUT_KEYS = ("aoi", "sentinel2", "dsm", "dtm", "landcover", "osm", "vhr")
 # A filled share above this is worth a warning: those cells carry their neighbours' class, not a prediction.
 FILLED_WARNING_SHARE = 0.01
+# The words for the cell states of the `_filled` file's codes: its band metadata, the summary's `aoi_shares` and the
+# console line all say these.
+CELL_STATES = {STATUS_MAPPED: "mapped", STATUS_FILLED: "filled by the filter", STATUS_MISSING: "no class"}
 # The quicklook is drawn from the written map's overviews, at most this many cells across.
 QUICKLOOK_CELLS = 1500
 
@@ -156,7 +159,7 @@ def map_tags(plan: PredictPlan) -> dict[str, str]:
         "model_network": plan.card.network,
         "model_weights_sha256": plan.card.weights_sha256,
         "vhr_stream": str(plan.use_vhr).lower(),
-        "inputs": json.dumps(_input_names(plan)),
+        "inputs": json.dumps(input_paths(plan.config, names_only=True, vhr=plan.use_vhr)),
         "city": plan.config.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "nodata_threshold": f"{plan.nodata_threshold:g}",
@@ -164,15 +167,20 @@ def map_tags(plan: PredictPlan) -> dict[str, str]:
     }
 
 
-def _input_names(plan: PredictPlan) -> dict[str, Any]:
-    """The inputs a map was made from, by file name only (no local folders in a file that is shared)."""
-    used = [k for k in INPUT_KEYS if k != "vhr" or plan.use_vhr]
-    names: dict[str, Any] = {}
-    for key in used:
-        value = getattr(plan.config, key)
-        if value is not None:
-            names[key] = [Path(v).name for v in value] if isinstance(value, (tuple, list)) else Path(value).name
-    return names
+def input_paths(config: CityConfig, names_only: bool = False, vhr: bool = True) -> dict[str, Any]:
+    """The inputs a map was made from, by key (the VHR image only with `vhr`): absolute paths (the summary:
+    resolvable from anywhere), or with `names_only` file names (the GeoTIFF tags: no local folders in a file that
+    is shared). URLs stay as given."""
+    used = [k for k in INPUT_KEYS if k != "vhr" or vhr]
+    return {key: _input_values(getattr(config, key), names_only) for key in used if getattr(config, key) is not None}
+
+
+def _input_values(value: Any, names_only: bool) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_input_values(v, names_only) for v in value]
+    if "://" in str(value):
+        return str(value)
+    return Path(value).name if names_only else os.path.abspath(value)
 
 
 def _image_dates(plan: PredictPlan) -> list[str]:
@@ -215,16 +223,32 @@ def write_block(data: np.ndarray, path: str, box: GeoBox, rows: slice, cols: sli
     return block_areas(data[area_band], data[status_band], cell_areas_km2(sub))
 
 
-def write_blocks(stack: Any, box: GeoBox, folder: Path, run: Any, area_band: int) -> np.ndarray:
-    """Compute and write every block of `stack` as a small GeoTIFF in `folder`; the summed (status, code) areas."""
+def write_blocks(stack: Any, box: GeoBox, folder: Path, run: Any, area_band: int,
+                 steps: Any = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Compute and write every block of `stack` as a small GeoTIFF in `folder`: the summed (status, code) areas, and
+    the seconds of writing the block files ("write") and of `steps` (lazy seconds by step of the tasks `stack` is
+    made from, lczmap.stage.block_seconds), each summed over the blocks, computed in the same run."""
     folder.mkdir()
     starts = [np.cumsum((0, *c)) for c in stack.chunks[1:]]
     tasks = []
     for (_, i, j), block in np.ndenumerate(stack.to_delayed()):
         rows = slice(int(starts[0][i]), int(starts[0][i + 1]))
         cols = slice(int(starts[1][j]), int(starts[1][j + 1]))
-        tasks.append(dask.delayed(write_block, pure=False)(block, str(folder / f"b{i}_{j}.tif"), box, rows, cols, area_band))
-    return run(dask.delayed(np.sum)(tasks, axis=0))  # the reduction runs on the workers too
+        tasks.append(dask.delayed(_timed_write, pure=False)(block, str(folder / f"b{i}_{j}.tif"), box, rows, cols,
+                                                            area_band))
+    return run(dask.delayed(_block_totals)(tasks, steps))  # the reduction runs on the workers too
+
+
+def _timed_write(*args: Any, **kwargs: Any) -> tuple[np.ndarray, float]:
+    """write_block(...)'s area table and its seconds."""
+    t0 = time.perf_counter()
+    areas = write_block(*args, **kwargs)
+    return areas, time.perf_counter() - t0
+
+
+def _block_totals(written: list[tuple[np.ndarray, float]],
+                  steps: dict[str, float] | None) -> tuple[np.ndarray, dict[str, float]]:
+    return np.sum([a for a, _ in written], axis=0), {**(steps or {}), "write": sum(s for _, s in written)}
 
 
 def class_vrt(box: GeoBox, blocks: Sequence[tuple[str, slice, slice]], bands: Sequence[Band],
@@ -324,7 +348,7 @@ def lcz_band(source: int, description: str) -> Band:
 def status_band(source: int) -> Band:
     """The cell-status band: which cells the model mapped, which the filter filled, which have no class."""
     return Band(source=source, description="filled", palette=STATUS_COLOURS,
-                metadata={"values": "0 outside the AOI, " + ", ".join(f"{k} {v}" for k, v in STATUS_NAMES.items())})
+                metadata={"values": "0 outside the AOI, " + ", ".join(f"{k} {v}" for k, v in CELL_STATES.items())})
 
 
 def colour_tag() -> str:
@@ -390,21 +414,22 @@ def _translate_settled(*args: Any) -> BaseException | None:
 
 
 def write_class_cogs(stack: Any, box: GeoBox, files: dict[str, tuple[list[Band], dict[str, str], str]],
-                     tmp: dict[str, Path], run: Runner, area_band: int,
-                     seconds: dict[str, float] | None = None) -> np.ndarray:
+                     tmp: dict[str, Path], run: Runner, area_band: int, seconds: dict[str, float] | None = None,
+                     steps: Any = None) -> np.ndarray:
     """Write the lazy (n, H, W) uint8 `stack` on `box` as the COGs of `files`, block by block where `run` runs.
 
     Block files go to a scratch folder beside `tmp["map"]` (removed after); returns the summed (status, code)
-    areas of band `area_band`; `seconds`, if given, gets the time of the "blocks" and of the "cogs".
+    areas of band `area_band`. `seconds`, if given, gets the seconds by step of the tasks `stack` is made from
+    (`steps`, see `write_blocks`) and "write": the block files' (summed over blocks) and the COGs'.
     """
     folder = blocks_folder(tmp["map"])
     try:
+        areas, block_steps = write_blocks(stack, box, folder, run, area_band=area_band, steps=steps)
         t0 = time.perf_counter()
-        areas = write_blocks(stack, box, folder, run, area_band=area_band)
-        t1 = time.perf_counter()
         write_cogs(box, folder, stack.chunks[1:], files, tmp, run)
-        if seconds is not None:
-            seconds.update(blocks=round(t1 - t0, 3), cogs=round(time.perf_counter() - t1, 3))
+        block_steps["write"] += time.perf_counter() - t0
+        for key, value in block_steps.items() if seconds is not None else ():
+            seconds[key] = seconds.get(key, 0.0) + value
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return areas
@@ -480,6 +505,7 @@ def write_outputs(
     seconds: dict[str, float] | None = None,
     *,
     run: Runner | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Classify, filter, fill and write the map COGs, the JSON summary and the quicklook, block by block.
 
@@ -491,11 +517,17 @@ def write_outputs(
     `lczProbability` in `<stem>_lcz3.tif`; the cell status (mapped / filled / no class) in `<stem>_filled.tif`;
     optionally the 17 class probabilities. Value 0 is no data in all of them. Everything is written under
     temporary names and renamed at the end. Returns the summary, whose areas are those of the written map (on
-    the ellipsoid for a geographic CRS).
+    the ellipsoid for a geographic CRS). Its `seconds`: "plan"; "stage", "infer" and "write", each summed over
+    the blocks (on every thread and worker, so with blocks in parallel they add up to more than the wall clock)
+    plus the joining of the COGs, styles and quicklook in "write"; to each the `seconds` given are added (the
+    model's loading in "infer"); "total", the wall clock since `started` (a perf_counter(); default: since
+    planning began).
     """
+    t0 = time.perf_counter()
+    started = t0 - plan.plan_seconds if started is None else started
     run = replace(run or Runner(), desc="map blocks")
     paths = output_paths(Path(out))
-    seconds = {"plan": round(plan.plan_seconds, 3), **(seconds or {})}
+    seconds = {"plan": plan.plan_seconds, **(seconds or {})}
     probs = _block_array(plan, probabilities)
     aoi = aoi_array(plan)
     stack = class_stack(probs, aoi, plan.resolution, filter=filter)
@@ -511,16 +543,18 @@ def write_outputs(
         files = class_files(filter, tags)
         if probabilities_file:
             files["probabilities"] = probability_file(tags)
-        areas = write_class_cogs(stack, box, files, tmp, run, area_band=LCZ_FILTER if filter else LCZ, seconds=seconds)
+        areas = write_class_cogs(stack, box, files, tmp, run, area_band=LCZ_FILTER if filter else LCZ, seconds=seconds,
+                                 steps=block_seconds(probs))
+        t1 = time.perf_counter()
         for key, text in class_styles(filter).items():
             tmp[key].write_text(text)
-        t0 = time.perf_counter()
         dates = _image_dates(plan)
         draw_quicklook(tmp["map"], tmp["filled"], tmp["quicklook"], name=plan.config.name, filtered=filter,
                        dates=dates, model=plan.card.name, synthetic=plan.synthetic_model,
                        credits=input_credits(plan.config, dates))
-        seconds["quicklook"] = round(time.perf_counter() - t0, 3)
-        summary = map_summary(plan, areas, box, paths, wanted, seconds, filter)
+        seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t1
+        seconds["total"] = time.perf_counter() - started
+        summary = map_summary(plan, areas, box, paths, wanted, {k: round(v, 3) for k, v in seconds.items()}, filter)
         write_summary(tmp["summary"], summary)
     return summary
 
@@ -567,13 +601,14 @@ def map_summary(plan: PredictPlan, areas: np.ndarray, box: GeoBox, paths: dict[s
                 seconds: dict[str, float], filtered: bool) -> dict[str, Any]:
     """A map's summary: its files and bands, areas per class, warnings, timings, model, grids, options and inputs."""
     grid = plan.grid
-    stats = area_summary(areas)
-    warnings = []
-    if stats["filled_share"] > FILLED_WARNING_SHARE:
-        warnings.append(f"{100 * stats['filled_share']:.1f}% of the AOI had no prediction and took the class of its "
-                        f"mapped neighbours (see {paths['filled'].name})")
-    for text in warnings:
+    stats = area_stats(areas)
+    warnings = list(getattr(plan.stage, "warnings", ()))  # inputs with few usable pixels, logged when planned
+    filled = stats["aoi_shares"][CELL_STATES[STATUS_FILLED]]
+    if filled > FILLED_WARNING_SHARE:
+        text = (f"{filled:.1%} of the AOI had no prediction and took the class of its mapped neighbours "
+                f"({CELL_STATES[STATUS_FILLED]}; see {paths['filled'].name})")
         log.warning("%s: %s", plan.config.name, text)
+        warnings.append(text)
     return {
         "city": plan.config.name,
         "outputs": {k: paths[k].name for k in wanted},
@@ -593,11 +628,28 @@ def map_summary(plan: PredictPlan, areas: np.ndarray, box: GeoBox, paths: dict[s
                  "output_crs": str(box.crs), "output_shape": list(box.shape), "output_transform": list(box.affine)[:6]},
         "options": {"batch_size": plan.batch_size, "block": plan.block, "nodata_threshold": plan.nodata_threshold,
                     "filter": filtered},
-        "inputs": _input_names(plan),
+        "inputs": input_paths(plan.config, vhr=plan.use_vhr),
         "sentinel2": sentinel2_summary(plan.stage),
+        "dsm": dsm_summary(plan.stage),
         "provenance": plan.config.provenance,  # what `lczmap fetch` got, from where, under which licence
         "lczmap_version": __version__,
     }
+
+
+def area_stats(areas: np.ndarray) -> dict[str, Any]:
+    """A summary's areas from the summed (status, code) area table: per class, the km2 with a class (`mapped_km2`:
+    mapped or filled) and of the AOI, and `aoi_shares`: the AOI's share in each cell state, by CELL_STATES' words."""
+    stats = area_summary(areas)
+    inside = float(areas[1:].sum())
+    shares = {word: round(float(areas[state].sum()) / inside, 4) if inside else float(state == STATUS_MISSING)
+              for state, word in CELL_STATES.items()}
+    return {"classes": stats["classes"], "mapped_km2": stats["mapped_km2"], "aoi_km2": stats["aoi_km2"],
+            "aoi_shares": shares}
+
+
+def aoi_shares_text(summary: dict[str, Any]) -> str:
+    """A summary's `aoi_shares` in words, for the console: 'mapped 96.9%, filled by the filter 3.1%, no class 0.0%'."""
+    return ", ".join(f"{word} {share:.1%}" for word, share in summary["aoi_shares"].items())
 
 
 def region_summary(plan: RegionPlan, areas: np.ndarray, seconds: dict[str, float], outputs: dict[str, str],
@@ -609,11 +661,12 @@ def region_summary(plan: RegionPlan, areas: np.ndarray, seconds: dict[str, float
         "bands": bands,
         "area_band": "lczFilter" if plan.spec.filter else "lcz",
         "area_method": method,
-        **area_summary(np.asarray(areas)),
+        **area_stats(np.asarray(areas)),
         "crs": plan.crs,
         "tiles": len(plan.tiles),
         "tile_km": plan.tile_km,
         "zones": sorted({t.epsg for t in plan.tiles}),
         "seconds": seconds,
         "resolution_m": plan.spec.resolution,
+        "inputs": input_paths(plan.spec.config),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .grid import city_grid
 from .guard import check_inputs
 from .inference import PRECISIONS, device_description, plan_model, predict_block, resolve_batch_size
 from .locking import output_lock
-from .outputs import check_output, write_outputs
+from .outputs import aoi_shares_text, check_output, write_outputs
 from .plan import PredictPlan
 from .stage import BANDS, OPTIONAL_BANDS, blockwise_array, open_stack_store, plan_stage
 from .tiling import DEFAULT_NODATA_THRESHOLD, band_indices
@@ -92,10 +93,7 @@ def plan_city(
         inputs = _from_stack(stack, model, resolution, crs)
     else:
         inputs = _from_city(config, model, resolution, crs, vhr, composite, mask_snow, aoi)
-    synthetic = inputs["card"].synthetic and not is_demo_city(inputs["config"])
-    if synthetic:
-        log.warning("model %s was trained on synthetic demo cities only; its classes on real inputs are not to be "
-                    "trusted (use --model so2sat-sen2lcz or a model trained for this city)", inputs["card"].name)
+    synthetic = inputs["card"].synthetic and not is_demo_city(inputs["config"])  # warned once per map, by guard_inputs
     return PredictPlan(
         **inputs, batch_size=resolve_batch_size(inputs["card"], batch_size, int(block)), block=int(block),
         nodata_threshold=float(nodata_threshold), plan_seconds=time.perf_counter() - t0, precision=precision,
@@ -144,12 +142,16 @@ def default_model(config: CityConfig, offline: bool = False) -> str:
     return REAL_DEFAULT_MODEL
 
 
-def guard_inputs(plan: PredictPlan, strict: bool = False) -> PredictPlan:
-    """The plan with its input warnings (lczmap.guard), each logged; `strict`: refuse the inputs instead."""
-    warnings = check_inputs(plan)
+def guard_inputs(plan: PredictPlan, strict: bool = False, tiles: Sequence[PredictPlan] = ()) -> PredictPlan:
+    """The plan with its input warnings (lczmap.guard; sampled over `plan` and a region's other `tiles`), each
+    logged once per map, as is the synthetic-model warning; `strict`: refuse the inputs instead."""
+    warnings = check_inputs(plan, *tiles)
     if warnings and strict:
         more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
         raise InputError(f"--strict-inputs: {warnings[0]}{more}")
+    if plan.synthetic_model:
+        log.warning("model %s was trained on synthetic demo cities only; its classes on real inputs are not to be "
+                    "trusted (use --model so2sat-sen2lcz or a model trained for this city)", plan.card.name)
     for text in warnings:
         log.warning("%s: %s", plan.config.name, text)
     return replace(plan, input_warnings=warnings)
@@ -302,6 +304,7 @@ def predict_city(
     `config` is None). `batch_size` may be "auto"; `precision` float32 or bfloat16. `strict_inputs`: refuse
     inputs far outside the model's training statistics (lczmap.guard) instead of warning.
     """
+    started = time.perf_counter()
     out = check_output(out, config if stack is None else CityConfig(name="stack", aoi=Path(stack)))
     with output_lock(out):  # a second run on this --out stops at once: being written by process N
         plan = plan_city(config, model, resolution=resolution, crs=crs, batch_size=batch_size,
@@ -311,11 +314,15 @@ def predict_city(
         log.info("%s: %d x %d cells of %g m in %s, model %s, %d blocks", plan.config.name, *plan.grid.output.shape,
                  plan.resolution, plan.grid.crs, plan.card.name, len(plan.grid.output_blocks(plan.block)))
         with runner(client, workers, threads, scheduler, progress=progress) as run:
+            seconds: dict[str, float] = {}
             if run.client is None:
+                t0 = time.perf_counter()
                 plan_model(plan)  # load the model (and start the backend) before the first block, not inside it
+                seconds["infer"] = time.perf_counter() - t0
                 log.info("inference in this process: %s, %s, batch %d", device_description(), plan.precision,
                          plan.batch_size)
             # Inference, filter and writing in one blockwise pass: the probabilities never come back whole.
-            summary = write_outputs(plan, block_tasks(plan), out, filter=filter, probabilities_file=probabilities, run=run)
-        log.info("wrote %s (%.1f%% of the AOI without data)", out, 100 * summary["nodata_share"])
+            summary = write_outputs(plan, block_tasks(plan), out, filter=filter, probabilities_file=probabilities,
+                                    seconds=seconds, run=run, started=started)
+        log.info("wrote %s (%s of the AOI)", out, aoi_shares_text(summary))
         return summary

@@ -46,21 +46,22 @@ from .card import resolve_model
 from .cluster import Runner, runner
 from .config import CityConfig
 from .errors import LczmapError
-from .grid import to_lonlat, utm_crs
+from .grid import MAX_GRID_EXTENT_M, check_region_size, plan_size, to_lonlat
+from .guard import SAMPLE_BLOCKS
 from .inference import plan_model
 from .mosaic import (LCZ_FILTER, N_CLASS_BANDS, STATUS, aoi_array, area_method, block_areas, cell_areas_km2, class_stack,
                      mosaic_block, mosaic_geobox)
 from .outputs import (Band, check_output, class_files, class_styles, colour_tag, draw_quicklook, file_set,
                       input_credits, map_tags, output_paths, region_summary, write_array_cog, write_class_cogs,
                       write_summary, write_tile_vrts, zone_files)
-from .plan import MosaicPlan, RegionPlan, RegionSpec, Tile
-from .predict import MAPPING_NETWORKS, block_tasks, plan_city
+from .plan import MosaicPlan, PredictPlan, RegionPlan, RegionSpec, Tile
+from .predict import MAPPING_NETWORKS, block_tasks, guard_inputs, plan_city
 from .stage import blockwise_array
 
 log = logging.getLogger(__name__)
 
 # A single UTM grid serves AOIs up to this width; wider ones are mapped as a region of tiles.
-REGION_EXTENT_M = 400_000
+REGION_EXTENT_M = MAX_GRID_EXTENT_M
 DEFAULT_TILE_KM = 32.0
 # The filter's reach: the largest kernel radius of FILTER_RADIUS_SIGMA_M (LCZ 8 and 10), in metres.
 FILTER_REACH_M = 500.0
@@ -77,9 +78,7 @@ def needs_region(aoi: Geometry, tile_km: float | None = None) -> bool:
     """True when the AOI is mapped as a region: wider than REGION_EXTENT_M (in its own UTM zone), or tiles are asked for."""
     if tile_km is not None:
         return True
-    crs = utm_crs(aoi)
-    minx, miny, maxx, maxy = to_lonlat(aoi).to_crs(crs).boundingbox
-    return max(maxx - minx, maxy - miny) > REGION_EXTENT_M
+    return plan_size(aoi).extent_m > REGION_EXTENT_M
 
 
 def zone_parts(aoi: Geometry) -> list[tuple[int, Any, Any]]:
@@ -174,7 +173,9 @@ def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: 
     card = resolve_model(model, MAPPING_NETWORKS)  # a model that cannot map stops the run before any tile
     tile_km = DEFAULT_TILE_KM if tile_km is None else float(tile_km)
     mosaic_crs = output_crs(crs)
-    tiles = plan_tiles(read_aoi(config.aoi), tile_km, resolution)
+    aoi = read_aoi(config.aoi)
+    check_region_size(aoi, tile_km, config.aoi)
+    tiles = plan_tiles(aoi, tile_km, resolution)
     work = out.with_name(f"{out.stem}.tiles")
     spec = RegionSpec(config=config, work=work, model=str(model), resolution=float(resolution), filter=bool(filter),
                       options=dict(options))
@@ -188,12 +189,9 @@ def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: 
 
 def _input_stamps(config: CityConfig) -> list[Any]:
     """Size and time of every input path, so a rerun with changed inputs starts over instead of mixing tiles."""
-    paths: list[Path] = []
-    for value in asdict(config).values():
-        for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, Path):
-                paths.append(v)
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p),) for p in sorted(paths)]
+    values = [v for value in asdict(config).values() for v in (value if isinstance(value, tuple) else (value,))]
+    paths = sorted(v for v in values if isinstance(v, Path))
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p),) for p in paths]
 
 
 def _prepare_work(work: Path, state: dict[str, Any]) -> None:
@@ -228,8 +226,7 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
         return {"id": tile.id, "skipped": True, "path": str(path), "areas": _tile_areas(path, tile.epsg).tolist()}
     t0 = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    plan = plan_city(replace(spec.config, name=tile.id), spec.model, resolution=spec.resolution, crs=tile.crs,
-                     aoi=Geometry(shapely.from_wkt(tile.aoi_wkt), tile.crs), **spec.options)
+    plan = _tile_plan(spec, tile, tile.id)
     # The output cells that hold the delivered part, on the tile's own grid (a millionth of a cell of slack).
     roi = plan.grid.output.overlap_roi(GeoBox.from_bbox(tile.delivered().bounds, tile.crs, resolution=spec.resolution,
                                                         tol=1e-6))
@@ -242,6 +239,20 @@ def map_tile(spec: RegionSpec, tile: Tile) -> dict[str, Any]:
     write_array_cog(data, box, path, bands, {**map_tags(plan), "LCZ_COLOURS": colour_tag()})
     return {"id": tile.id, "skipped": False, "seconds": round(time.perf_counter() - t0, 3), "path": str(path),
             "areas": _zone_areas(data, box, tile.epsg).tolist()}
+
+
+def _tile_plan(spec: RegionSpec, tile: Tile, name: str) -> PredictPlan:  # as map_tile plans it, named `name`
+    return plan_city(replace(spec.config, name=name), spec.model, resolution=spec.resolution, crs=tile.crs,
+                     aoi=Geometry(shapely.from_wkt(tile.aoi_wkt), tile.crs), **spec.options)
+
+
+def guard_region(plan: RegionPlan, strict: bool = False) -> dict[str, Any]:
+    """lczmap.predict.guard_inputs once for the region (`strict`: refusing), its windows shared among up to SAMPLE_BLOCKS
+    tiles spread over it; returns the summary's input_warnings and model_synthetic."""
+    picks = sorted({round(k) for k in np.linspace(0, len(plan.tiles) - 1, min(SAMPLE_BLOCKS, len(plan.tiles)))})
+    plans = [_tile_plan(plan.spec, plan.tiles[k], plan.spec.config.name) for k in picks]
+    guarded = guard_inputs(plans[0], strict, plans[1:])
+    return {"input_warnings": list(guarded.input_warnings), "model_synthetic": guarded.synthetic_model}
 
 
 def _tile_areas(path: Path, epsg: int) -> np.ndarray:
@@ -262,7 +273,8 @@ def _zone_areas(data: np.ndarray, box: Any, epsg: int) -> np.ndarray:
 
 # ---- the mosaic ---------------------------------------------------------------------------------------
 
-def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
+def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[str, float],
+                 guard: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the delivered files from the tile COGs, as a city's (see `lczmap.outputs.output_paths`); returns the summary.
 
     The mosaic: the tiles reprojected (nearest neighbour) block by block onto the mosaic grid and written by the
@@ -299,7 +311,7 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
             for key, text in class_styles(spec.filter).items():
                 tmp[key].write_text(text)
         seconds["mosaic"] = round(time.perf_counter() - t0, 3)
-        summary = region_summary(plan, areas, seconds, {k: p.name for k, p in wanted.items()}, bands, method)
+        summary = region_summary(plan, areas, seconds, {k: p.name for k, p in wanted.items()}, bands, method) | (guard or {})
         write_summary(tmp["summary"], summary)
     return summary
 
@@ -331,15 +343,16 @@ def _write_mosaic_cogs(plan: RegionPlan, files: dict[str, Any], tmp: dict[str, P
 # ---- running it --------------------------------------------------------------------------------------
 
 def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = None, threads: int | None = None,
-               scheduler: str | None = None, progress: bool = True,
+               scheduler: str | None = None, progress: bool = True, strict_inputs: bool = False,
                on_tile: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Map every tile not yet finished, then write the mosaic; returns the region's summary.
+    """Check the inputs once (`guard_region`), map every tile not yet finished, write the mosaic; returns its summary.
 
     Without a cluster the tiles run one after another here (their blocks on the threaded scheduler);
     with one, every tile is a task on a worker, which writes the tile itself. A failed tile fails the run
     after the others are done; finished tiles stay, so the same command resumes.
     """
     t0 = time.perf_counter()
+    guard = guard_region(plan, strict_inputs)
     done = sum(plan.spec.tile_path(t).exists() for t in plan.tiles)
     log.info("%s: %d tiles of %g km in %d UTM zone(s); %d already done", plan.spec.config.name, len(plan.tiles),
              plan.tile_km, len({t.epsg for t in plan.tiles}), done)
@@ -375,8 +388,8 @@ def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = No
                               f"run the same command again to resume")
         seconds = {"tiles": round(time.perf_counter() - t0, 3)}
         if client is not None:  # the mosaic is written by a worker too: the client never reads the map
-            return client.submit(write_mosaic, plan, results, seconds, pure=False).result()
-        return write_mosaic(plan, results, seconds)
+            return client.submit(write_mosaic, plan, results, seconds, guard, pure=False).result()
+        return write_mosaic(plan, results, seconds, guard)
 
 
 def _as_completed(futures: list[Any]) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:

@@ -7,9 +7,11 @@ block, and `write_stack` calls it per chunk while writing a resumable Zarr store
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
+import operator
 import os
 import shutil
 import threading
@@ -25,6 +27,7 @@ import rioxarray  # also registers the .rio accessor on the stack
 import xarray as xr
 import zarr
 from affine import Affine
+from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
@@ -37,7 +40,7 @@ from shapely import wkt
 from .atomic import check_outputs, recover_aside, replace_path, write_json_atomic
 from .cluster import runner
 from .config import CityConfig
-from .errors import LczmapError, describe, reading
+from .errors import InputError, LczmapError, OutputError, describe, reading
 from .grid import CityGrid
 from .locking import output_lock
 from .sources import Sentinel2Composite, Source, open_dsm, open_landcover, open_osm, open_products, open_vhr
@@ -53,6 +56,10 @@ VALID_COUNT = "valid_count"
 # The bands each optional CityConfig entry fills; a missing entry leaves them NaN.
 OPTIONAL_BANDS = {"osm": ("osm_buildings",), "dsm": ("dsm",), "landcover": ("landcover",)}
 DEFAULT_CHUNK = 512
+# Inputs with no usable pixels (README "Inputs with no usable pixels"): an input none of whose pixels sampled over the
+# AOI when it is opened is usable is refused; one usable on less than this share of the AOI is warned about (console
+# and summary.json `warnings`), since the model sees the rest as missing.
+USABLE_WARNING_SHARE = 0.5
 _MARKERS = "lczmap_chunks"  # per-chunk done markers inside a partial Zarr store
 
 
@@ -69,6 +76,7 @@ class StagePlan:
     fingerprint: str
     bands: tuple[str, ...] = BANDS  # BANDS, plus VALID_COUNT when asked for
     output: GeoBox | None = None  # the output grid the base grid pads (stored in a Zarr stack for `predict --stack`)
+    warnings: tuple[str, ...] = ()  # inputs usable on little of the AOI (`check_usable`)
 
 
 @dataclass
@@ -102,7 +110,7 @@ def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", va
     else:
         missing.append("osm")
     if config.dsm is not None:
-        sources.append(open_dsm(config.dsm, config.dtm, grid.aoi, config.dsm_height))
+        sources.append(open_dsm(config.dsm, config.dtm, grid.aoi, config.dsm_height, base=grid.base))
     else:
         if config.dtm is not None:
             log.warning("%s: a DTM without a DSM is ignored", config.dtm)
@@ -118,12 +126,41 @@ def plan_stage(config: CityConfig, grid: CityGrid, composite: str = "median", va
     if unread:
         bands = [b for key in unread for b in OPTIONAL_BANDS[key]]
         log.warning("no %s input: band(s) %s are nodata (the model treats them as missing)", ", ".join(unread), ", ".join(bands))
+    warnings = check_usable(sources)
     positions = tuple(tuple(BANDS.index(b) for b in s.bands) for s in sources)
     bands = (*BANDS, VALID_COUNT) if valid_count else BANDS
     return StagePlan(
         name=config.name, base=grid.base, aoi=grid.aoi.geom, sources=tuple(sources), missing=tuple(missing),
         positions=positions, fingerprint=_fingerprint(grid, sources, missing, bands), bands=bands, output=grid.output,
+        warnings=warnings,
     )
+
+
+def check_usable(sources: list[Source]) -> tuple[str, ...]:
+    """Refuse a source none of whose pixels sampled over the AOI is usable (one line naming its file, before any
+    output is written); a warning, also logged, for each usable on less than USABLE_WARNING_SHARE of the AOI."""
+    warnings = []
+    for source in sources:
+        share = source.usable_share
+        if share is None or share >= USABLE_WARNING_SHARE:
+            continue
+        name = _source_name(source)
+        if share == 0:
+            raise InputError(f"{name}: the {source.key} input has no usable pixel over the AOI (sampled: "
+                             f"{source.unusable} everywhere); give one with data over the AOI, or leave it out")
+        text = (f"{name}: the {source.key} input is usable on only {share:.0%} of the AOI (sampled; the rest is "
+                f"{source.unusable}, missing to the model)")
+        log.warning("%s", text)
+        warnings.append(text)
+    return tuple(warnings)
+
+
+def _source_name(source: Source) -> str:
+    """A source's file for a message: its path, or the first of several and how many more."""
+    path = source.describe()["path"]
+    if isinstance(path, (list, tuple)):
+        return f"{path[0]} (and {len(path) - 1} more)" if len(path) > 1 else str(path[0])
+    return str(path)
 
 
 def read_chunk(plan: StagePlan, base_rows: slice, base_cols: slice, stats: dict[str, int] | None = None,
@@ -177,19 +214,69 @@ def _valid(data: xr.DataArray) -> xr.DataArray:
     return data.sel(band=list(S2_BANDS)).notnull().all("band").rename("valid")
 
 
+# The seconds by step that the block task running in this context has recorded (see `record_block_seconds`).
+_block_seconds: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("block_seconds", default=None)
+
+
 def blockwise_array(func: Any, plan: Any, name: str, shape: tuple[int, int], block: int, nbands: int):
     """A lazy (nbands, *shape) float32 dask array with one task `func(plan, rows, cols)` per block x block block.
 
     The plan enters the graph once, as its own key (odc-stac style), so every task shares it instead of a copy.
+    Each task returns its block together with the seconds `func` recorded (`record_block_seconds`): the array
+    takes the block, a small task per block the seconds, which `block_seconds` adds up in the same run.
     """
     tiles = Tiles(shape, (block, block))
     plan_key = f"{name}-plan"
     layer: dict[Any, Any] = {plan_key: plan}
     for i in range(tiles.shape.y):
         for j in range(tiles.shape.x):
-            layer[(name, 0, i, j)] = (func, plan_key, *tiles[i, j])
+            timed = (f"{name}-timed", i, j)
+            layer[timed] = (_timed_block, func, plan_key, *tiles[i, j])
+            layer[(name, 0, i, j)] = (operator.getitem, timed, 0)
+            layer[(_seconds_name(name), i, j)] = (operator.getitem, timed, 1)
     return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=()), name, ((nbands,), *tiles.chunks),
                     dtype="float32")
+
+
+def _seconds_name(name: str) -> str:
+    return f"{name}-seconds"
+
+
+def _timed_block(func: Any, plan: Any, rows: slice, cols: slice) -> tuple[np.ndarray, dict[str, float]]:
+    """func(plan, rows, cols) and the seconds it recorded: they travel with the block, from any thread or worker."""
+    seconds: dict[str, float] = {}
+    token = _block_seconds.set(seconds)
+    try:
+        return func(plan, rows, cols), seconds
+    finally:
+        _block_seconds.reset(token)
+
+
+def record_block_seconds(**seconds: float) -> None:
+    """Add `seconds` (by step) to those of the block task of `blockwise_array` running here; no-op outside one."""
+    current = _block_seconds.get()
+    if current is not None:
+        for key, value in seconds.items():
+            current[key] = current.get(key, 0.0) + value
+
+
+def block_seconds(array: Any) -> Delayed | None:
+    """The seconds by step that the block tasks of a `blockwise_array` recorded, summed over its blocks (a small
+    lazy dict: computed with the array's consumers in one run, its blocks run once); None for another array."""
+    if array.ndim != 3 or (_seconds_name(array.name), 0, 0) not in array.dask:
+        return None
+    keys = [(_seconds_name(array.name), i, j) for i in range(array.numblocks[1]) for j in range(array.numblocks[2])]
+    name = f"{_seconds_name(array.name)}-total"
+    graph = HighLevelGraph.from_collections(name, {name: (_add_seconds, keys)}, dependencies=[array])
+    return Delayed(name, graph)
+
+
+def _add_seconds(parts: list[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -254,17 +341,27 @@ def build_report(plan: StagePlan, counts: dict[str, int] | None = None) -> dict[
 
 def sentinel2_summary(plan: StagePlan) -> dict[str, Any]:
     """For a map's summary: how the Sentinel-2 products were composited and, per product (best first), its date,
-    tile, cloud share over the AOI and the share of AOI pixels it supplies (estimated on the 60 m planning grid;
-    the staging report counts them exactly)."""
+    tile, radiometric `scaling` record (lczmap.sources.sentinel2.radiometry), cloud share over the AOI and the
+    share of AOI pixels it supplies (estimated on the 60 m planning grid; the staging report counts them exactly)."""
     if isinstance(plan, StackStore):  # mapped from a stack: as recorded when it was staged
         return plan.provenance.get("sentinel2", {})
     s2 = next(s for s in plan.sources if s.key == "sentinel2")
     if not isinstance(s2, Sentinel2Composite):  # a stand-in source (tests wrap the reader): nothing to tell
         return {}
-    keep = ("date", "tile", "processing_baseline", "cloud_share", "contributed_estimate")
+    keep = ("date", "tile", "processing_baseline", "scaling", "cloud_share", "contributed_estimate")
     return {"composite": s2.method, "masked_scl": list(s2.masked),
             "products": [{"name": Path(f["path"]).name, **{k: f[k] for k in keep}} for f in s2.product_facts()],
             "skipped": list(s2.skipped)}
+
+
+def dsm_summary(plan: StagePlan | StackStore) -> dict[str, Any] | None:
+    """For a map's summary: how the DSM band's height above ground was obtained (its `height` record, see
+    lczmap.sources.dsm), None without a DSM."""
+    if isinstance(plan, StackStore):  # mapped from a stack: as recorded when it was staged
+        dsm = plan.provenance.get("sources", {}).get("dsm")
+    else:
+        dsm = next((s.describe() for s in plan.sources if s.key == "dsm"), None)
+    return {"height": dsm["height"]} if dsm and "height" in dsm else None
 
 
 def _fingerprint(grid: CityGrid, sources: list[Source], missing: list[str], bands: tuple[str, ...] = BANDS) -> str:
@@ -294,6 +391,33 @@ def stack_format(out: str | Path) -> str:
     raise LczmapError(f"--out {out}: write a Zarr store (name ending .zarr) or a GeoTIFF (.tif)")
 
 
+def check_stack_output(out: str | Path) -> str:
+    """The stack format of `out` (stack_format), refusing an existing `out` that writing the stack would destroy.
+
+    An existing stack is replaced: a Zarr store of a stack (or an empty folder), or a file for a
+    GeoTIFF. Anything else at `out` is the user's (a folder of files, a file where a store goes) and is refused
+    with OutputError: replacing it would delete it. A link is replaced itself, never what it points to.
+    """
+    out = Path(out)
+    fmt = stack_format(out)
+    if out.is_symlink() or not out.exists():
+        return fmt
+    if fmt == "tif" and out.is_dir():
+        raise OutputError(f"--out {out}: is a folder; name the GeoTIFF stack to write (a new or existing .tif file)")
+    if fmt == "zarr" and not (out.is_dir() and (_is_stack_store(out) or not any(out.iterdir()))):
+        raise OutputError(f"--out {out}: exists and is not a stack written by `lczmap stage`; replacing it would delete "
+                          f"it: choose another --out, or remove it yourself")
+    return fmt
+
+
+def _is_stack_store(path: Path) -> bool:
+    """True for a Zarr store of a stack (a Zarr group holding the array 'stack', as `lczmap stage` writes it)."""
+    try:
+        return "stack" in zarr.open_group(str(path), mode="r")
+    except Exception:  # zarr's and json's many errors on a folder that is not a store all mean "not a stack"
+        return False
+
+
 def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, workers: int | None = None,
                 threads: int | None = None, scheduler: str | None = None) -> dict[str, Any]:
     """Write the stack chunk by chunk to `<out>.partial`, then put it at `out`; also `<out>.report.json`.
@@ -306,7 +430,7 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     if staged.plan is None:
         raise LczmapError("only a freshly staged stack can be written (this one was reopened from a file)")
     out = Path(out)
-    fmt = stack_format(out)
+    fmt = check_stack_output(out)
     if not out.parent.exists():
         raise LczmapError(f"--out {out}: folder {out.parent} does not exist")
     if fmt == "tif" and (workers is not None or scheduler is not None):
@@ -316,6 +440,7 @@ def write_stack(staged: StagedStack, out: str | Path, progress: bool = True, wor
     check_outputs(out, (out, out.with_name(out.name + ".report.json")), inputs, "stack")
     with output_lock(out):
         recover_aside(out)
+        check_stack_output(out)  # again under the lock: what is at `out` now is what gets replaced
         return _write_stack_locked(staged, out, fmt, progress, workers, threads, scheduler)
 
 

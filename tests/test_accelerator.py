@@ -254,7 +254,10 @@ def test_block_task_input_does_not_grow_with_the_city(config, model, tmp_path):
         {"type": "Feature", "properties": {}, "geometry": lonlat.json}]}))
     large = plan_city(replace(config, aoi=path), model)
     assert large.grid.output.shape[0] >= 8 * small.grid.output.shape[0] - 8
-    sizes = [len(pickle.dumps((p, slice(0, 48), slice(0, 48)))) for p in (small, large)]
+    # The large AOI reaches past the demo inputs, so its plan also carries their (bounded) low-coverage warnings.
+    assert large.stage.warnings and not small.stage.warnings
+    sizes = [len(pickle.dumps((replace(p, stage=replace(p.stage, warnings=())), slice(0, 48), slice(0, 48))))
+             for p in (small, large)]
     assert abs(sizes[1] - sizes[0]) < 0.02 * sizes[0], sizes
 
 

@@ -19,7 +19,7 @@ import rasterio
 import yaml
 from click.testing import CliRunner
 
-from lczmap.batch import MANIFEST, load_pipeline, read_manifest, run_batch
+from lczmap.batch import MANIFEST, load_pipeline, run_batch
 from lczmap.card import sha256
 from lczmap.cli import cli
 from lczmap.errors import LczmapError
@@ -242,7 +242,8 @@ def killed_and_resumed(workspace, client):
             ds.read()
     (out / f".{CITIES[-1]}.tif.999999.tmp").write_bytes(b"half a GeoTIFF, as a killed write leaves it")
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    return {"out": out, "done_at_kill": done_at_kill, "kept": kept, "second": second, "manifest": read_manifest(out)}
+    return {"out": out, "done_at_kill": done_at_kill, "kept": kept, "second": second,
+            "manifest": json.loads((out / MANIFEST).read_text())}
 
 
 @pytest.mark.slow
@@ -275,7 +276,9 @@ def test_a_killed_run_resumes_without_redoing_finished_cities(killed_and_resumed
         after = os.stat(out / f"{name}.tif")
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
         assert cities[name]["status"] == "skipped"
-    assert {n for n in CITIES if cities[n]["status"] == "done"} == set(CITIES) - run["done_at_kill"]
+    # The others are mapped again, or skipped where the killed client's task went on on the cluster and committed
+    # the city with its record (lczmap.batch.map_city) before the second run looked.
+    assert all(cities[n]["status"] in ("done", "skipped") for n in set(CITIES) - run["done_at_kill"])
 
 
 @pytest.mark.slow

@@ -191,7 +191,7 @@ def test_summary_areas_are_the_written_files(written):
     for c in lcz_classes():
         assert summary["classes"][str(c.code)]["km2"] == pytest.approx(area[inside & (lcz == c.code)].sum(), abs=1e-3)
     assert summary["mapped_km2"] == pytest.approx(area[inside & (lcz > 0)].sum(), abs=1e-4)
-    assert summary["nodata_share"] == pytest.approx(area[inside & (lcz == 0)].sum() / area[inside].sum(), abs=1e-4)
+    assert summary["aoi_shares"]["no class"] == pytest.approx(area[inside & (lcz == 0)].sum() / area[inside].sum(), abs=1e-4)
     geographic = "ellipsoid" in summary["area_method"]
     assert geographic == (summary["grid"]["output_crs"] == "EPSG:4326")
 
@@ -214,11 +214,13 @@ def test_holes_are_filled_from_mapped_neighbours_and_recorded(written):
     assert ((status == 1) == (aoi & (raw > 0))).all()
     assert ((status == 2) == (aoi & (raw == 0) & (filtered > 0))).all()
     n_aoi = aoi.sum()
-    assert summary["filled_share"] == pytest.approx((status == 2).sum() / n_aoi, abs=1e-4)
-    assert summary["nodata_share"] == pytest.approx((status == 3).sum() / n_aoi, abs=1e-4) and summary["nodata_share"] > 0
-    assert summary["filled_share"] > 0.01 and any("neighbours" in w for w in summary["warnings"])
+    shares = summary["aoi_shares"]
+    assert shares["mapped"] == pytest.approx((status == 1).sum() / n_aoi, abs=1e-4)
+    assert shares["filled by the filter"] == pytest.approx((status == 2).sum() / n_aoi, abs=1e-4)
+    assert shares["no class"] == pytest.approx((status == 3).sum() / n_aoi, abs=1e-4) and shares["no class"] > 0
+    assert shares["filled by the filter"] > 0.01 and any("neighbours" in w for w in summary["warnings"])
     assert set(summary["outputs"]) >= {"map", "map_aux", "lcz3", "filled", "summary", "quicklook", "style"}
-    assert json.loads(paths["summary"].read_text())["inputs"]["dsm"] == "dsm.tif"
+    assert json.loads(paths["summary"].read_text())["inputs"]["dsm"] == str(plan.config.dsm.absolute())
 
 
 @pytest.mark.parametrize("resolution", [100, 50])

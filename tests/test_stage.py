@@ -278,8 +278,11 @@ def test_lazy_graph_holds_the_plan_once_and_matches_eager_reads(city, grid):
     stack = stage_city(city, grid, chunk=128)
     graph = dict(stack.data.data.__dask_graph__())
     n_chunks = int(np.prod(stack.data.data.numblocks))
-    assert len(graph) == n_chunks + 1 and sum(isinstance(v, StagePlan) for v in graph.values()) == 1
-    assert len(pickle.dumps(graph)) < 1.1 * len(pickle.dumps(stack.plan))  # geometries not copied per chunk
+    # per chunk: its read (lczmap.stage.blockwise_array), which returns the block and the read's seconds, and one
+    # task taking each
+    assert len(graph) == 3 * n_chunks + 1 and sum(isinstance(v, StagePlan) for v in graph.values()) == 1
+    # geometries not copied per chunk: beyond the plan, only the chunks' keys and slices
+    assert len(pickle.dumps(graph)) - len(pickle.dumps(stack.plan)) < 300 * n_chunks
     window = (slice(37, 137), slice(100, 300))  # straddles chunk seams
     lazy = stack.data[:, window[0], window[1]].values
     assert_same_stack(lazy, read_chunk(stack.plan, *window))
@@ -431,3 +434,43 @@ def test_unreadable_file_is_refused(demo_city, tmp_path):
     out = tmp_path / "stack.zarr"
     result = CliRunner().invoke(cli, ["-q", "stage", "--config", str(demo_city / "city.yaml"), "--dsm", str(dsm), "--out", str(out)])
     assert result.exit_code != 0 and "cannot be read" in result.output and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def one_cell_aoi(city, grid, tmp_path_factory) -> Path:
+    """A 100 m AOI in the demo city: staged in a moment."""
+    x, y = grid.output.affine * (grid.output.shape[1] // 2, grid.output.shape[0] // 2)
+    doc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(
+        shapely.box(x + 10, y - 90, x + 90, y - 10))}], "crs": {"type": "name", "properties": {"name": str(grid.crs)}}}
+    return _write(tmp_path_factory.mktemp("one-cell") / "cell.geojson", json.dumps(doc))
+
+
+def _stage_to(demo_city: Path, aoi: Path, out: Path):
+    return CliRunner().invoke(cli, ["-q", "stage", "--config", str(demo_city / "city.yaml"), "--aoi", str(aoi), "--out", str(out)])
+
+
+@pytest.mark.parametrize("kind", ["folder_of_files", "file_named_zarr", "folder_named_tif"])
+def test_stage_never_replaces_what_is_not_a_stack(kind, demo_city, one_cell_aoi, tmp_path):
+    """`--out u.zarr` over a folder of the user's files (or a file), `--out s.tif` over a folder: refused, kept."""
+    out = tmp_path / ("s.tif" if kind == "folder_named_tif" else "u.zarr")
+    if kind == "file_named_zarr":
+        _write(out, "the user's notes")
+        keep = out
+    else:
+        out.mkdir()
+        keep = _write(out / "thesis.txt", "the user's thesis")
+    result = _stage_to(demo_city, one_cell_aoi, out)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: --out {out}: "), result.output
+    assert keep.read_text().startswith("the user's")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no report, no temporary
+
+
+def test_stage_replaces_a_stack_it_wrote_and_an_empty_folder(demo_city, one_cell_aoi, tmp_path):
+    out = tmp_path / "u.zarr"
+    out.mkdir()
+    for _ in range(2):  # into the empty folder, then over the stack written there
+        result = _stage_to(demo_city, one_cell_aoi, out)
+        assert result.exit_code == 0, result.output
+        assert open_stack(out).data.shape[0] == len(BANDS)

@@ -202,6 +202,29 @@ def test_training_writes_a_complete_model_folder(trained):
     assert v["n"] == 32 and {"oa", "oa_u", "oa_bu", "oa_w", "kappa", "f1_weighted", "per_class"} <= set(v)
 
 
+def test_weights_go_through_a_temporary_of_the_project_naming_and_a_failed_save_leaves_the_good_file(tmp_path, monkeypatch):
+    import keras
+
+    from lczmap.train.trainer import save_weights_atomic
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = tmp_path / "model.weights.h5"
+    save_weights_atomic(model, path)
+    good = path.read_bytes()
+    written = []
+
+    def full_disk(self, filepath, *args, **kwargs):
+        written.append(filepath)
+        Path(filepath).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_disk)
+    with pytest.raises(OSError):
+        save_weights_atomic(model, path)
+    assert re.fullmatch(r".*/\.model\.weights\.h5\.\d+\.tmp/model\.weights\.h5", written[0]), written
+    assert [p.name for p in tmp_path.iterdir()] == ["model.weights.h5"] and path.read_bytes() == good
+
+
 def test_resume_trains_only_the_missing_epoch(trained):
     before, out = trained["after_first"], trained["out"]
     assert before["epoch"] == 1 and len(before["history"]["loss"]) == 1

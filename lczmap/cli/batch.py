@@ -23,9 +23,10 @@ def batch_cmd(ctx: click.Context, pipeline: str, workers: int | None, threads: i
               scheduler: str | None) -> None:
     """Map many cities: PIPELINE is a YAML file with output_dir, optional predict options and a list of cities.
 
-    Writes OUTPUT_DIR/<name>.tif (with its summary JSON and quicklook) per city and OUTPUT_DIR/manifest.json.
-    Run the same command again after an interruption: finished cities are skipped (their checksum is verified)
-    and the others are redone. Exits 1 when any city failed; the others are still mapped.
+    Writes OUTPUT_DIR/<name>.tif (with its summary JSON, quicklook and record <name>.batch.json, committed
+    together) per city and OUTPUT_DIR/manifest.json. Run the same command again after an interruption: finished
+    cities are skipped (their checksum is verified) and the others are redone. Exits 1 when any city failed (one
+    line each); the others are still mapped.
     """
     # the pipeline is imported when the command runs, so `lczmap --help` stays fast
     from ..batch import load_pipeline, run_batch

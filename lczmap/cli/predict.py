@@ -74,17 +74,16 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
     --no-filter) with the WUDAPT colour table and class names (OUT.aux.xml); codes 1-17, 0 = nodata in
     every file. Beside it: <stem>_lcz3.tif (the LCZ Generator's bands lcz, lczFilter, lczProbability),
     <stem>_filled.tif (1 mapped, 2 filled by the filter, 3 no class), <stem>.summary.json (area per
-    class, nodata and filled shares, timings), <stem>.png (quicklook) and the QGIS styles <stem>.qml and
+    class, the AOI's share mapped / filled by the filter / no class, timings), <stem>.png (quicklook) and the QGIS styles <stem>.qml and
     <stem>_lcz3.qml.
     """
     # the pipeline is imported when the command runs, so `lczmap --help` stays fast
     from ..aoi import read_aoi
-    from ..card import DEFAULT_MODEL, load_card
+    from ..card import DEFAULT_MODEL
     from ..cluster import check_cluster_options
-    from ..config import load_city_config
     from ..errors import LczmapError
     from ..outputs import check_output
-    from ..predict import default_model, predict_city
+    from ..predict import predict_city
     from ..region import map_region, needs_region, plan_region
 
     overrides = city_overrides(kwargs)
@@ -109,24 +108,26 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
             raise LczmapError("--demo maps the built-in demo city: leave out --config and the input paths")
         config_path = demo_city()
     quiet = ctx.obj.get("quiet", False)
-    config = _city_inputs(config_path, overrides, out, stac_url, stac_datetime, max_cloud, quiet,
-                          model_bands=load_card(model).bands if model else None, **kwargs)
-    model = model or default_model(config, offline=kwargs.get("offline", False))
+    config, model = _city_inputs(config_path, overrides, out, stac_url, stac_datetime, max_cloud, quiet, model, **kwargs)
     if tiles_output or tile_km is not None or needs_region(read_aoi(config.aoi)):
         if probabilities:
             raise LczmapError("--probabilities: a region (mapped in tiles) has no probabilities file; leave it out")
-        plan = plan_region(config, out, model=model or DEFAULT_MODEL, resolution=resolution, crs=crs, tile_km=tile_km,
+        plan = plan_region(config, out, model=model, resolution=resolution, crs=crs, tile_km=tile_km,
                            tiles_output=tiles_output, filter=not no_filter, batch_size=batch_size,
                            nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow,
                            precision=precision)
-        summary = map_region(plan, workers=workers, threads=threads, scheduler=scheduler, progress=not quiet)
+        summary = map_region(plan, workers=workers, threads=threads, scheduler=scheduler, progress=not quiet,
+                             strict_inputs=strict_inputs)
         if not quiet:
+            from ..outputs import aoi_shares_text
+
             folder = Path(out).parent
             click.echo(f"Wrote {', '.join(str(folder / name) for name in summary['outputs'].values())}: {summary['tiles']} tiles in "
-                       f"{len(summary['zones'])} UTM zone(s), {summary['mapped_km2']:.1f} km2 mapped")
+                       f"{len(summary['zones'])} UTM zone(s), {summary['mapped_km2']:.1f} km2 with a class; of the AOI's "
+                       f"{summary['aoi_km2']:.1f} km2: {aoi_shares_text(summary)}")
         return
     summary = predict_city(
-        config, out, model=model or DEFAULT_MODEL, resolution=resolution, crs=crs, batch_size=batch_size,
+        config, out, model=model, resolution=resolution, crs=crs, batch_size=batch_size,
         workers=workers, threads=threads, scheduler=scheduler, probabilities=probabilities, filter=not no_filter,
         nodata_threshold=nodata_threshold, composite=composite, mask_snow=mask_snow, progress=not quiet,
         precision=precision, strict_inputs=strict_inputs,
@@ -135,13 +136,17 @@ def predict_cmd(ctx: click.Context, config_path: str | None, demo: bool, out: st
 
 
 def _city_inputs(config_path: str | None, overrides: dict, out: str, stac_url: str | None, datetime: str | None,
-                 max_cloud: float | None, quiet: bool, catalog: str | None, offline: bool,
-                 landcover_year: int | None, model_bands: tuple[str, ...] | None = None, **_: object):
-    """The city's inputs: city.yaml and the command line's paths, Sentinel-2 found by --stac-url, and, for a city
-    given on the command line (no --config), every other input it lacks fetched into the cache (lczmap.fetch).
-    --osm overpass|URL fetches OSM; any other --osm is a file, as ever."""
+                 max_cloud: float | None, quiet: bool, model: str | None, catalog: str | None, offline: bool,
+                 landcover_year: int | None, **_: object):
+    """The city's inputs and the model to map them with. Inputs: city.yaml and the command line's paths, Sentinel-2
+    found by --stac-url, and, for a city given on the command line (no --config), every other input it lacks whose
+    bands the model reads fetched into the cache (lczmap.fetch); --osm overpass|URL fetches OSM; any other --osm is a
+    file, as ever. The model (--model, else lczmap.predict.default_model for the city as given) is resolved before
+    anything is fetched: a missing default model fails first, and a Sentinel-2-only one fetches nothing else."""
+    from ..card import load_card
     from ..config import load_city_config
     from ..fetch import SOURCES, FetchOptions, fetch_missing, missing_sources
+    from ..predict import default_model
     from ..stage import OPTIONAL_BANDS
 
     osm = overrides["osm"]
@@ -149,32 +154,35 @@ def _city_inputs(config_path: str | None, overrides: dict, out: str, stac_url: s
     if fetch_osm:
         overrides["osm"] = None
     config = load_city_config(config_path, **overrides)
+    model = model or default_model(config, offline=offline)
+    model_bands = set(load_card(model).bands)
     wanted = set(missing_sources(config)) if config_path is None else set()
     if stac_url is not None:
         wanted.discard("sentinel2")
     if fetch_osm:
         wanted.add("osm")
-    if model_bands is not None:  # fetch only the inputs whose bands the model reads (none for a Sentinel-2-only one)
-        wanted -= {key for key, bands in OPTIONAL_BANDS.items() if not set(bands) & set(model_bands)}
+    wanted -= {key for key, bands in OPTIONAL_BANDS.items() if not set(bands) & model_bands}
     sources = tuple(s for s in SOURCES if s in wanted)
     s2_fetched = "sentinel2" in sources
     config = with_stac_items(config, stac_url, None if s2_fetched else datetime, None if s2_fetched else max_cloud, out)
     if not sources:
-        return config
+        return config, model
     given = {"catalog": catalog, "osm": fetch_osm, "landcover_year": landcover_year,
              "datetime": datetime if s2_fetched else None, "max_cloud": max_cloud if s2_fetched else None}
     options = FetchOptions(**{k: v for k, v in given.items() if v is not None}, offline=offline, sources=sources,
                            progress=not quiet)
-    return fetch_missing(config, options)
+    return fetch_missing(config, options), model
 
 
 def _report(ctx: click.Context, out: str, summary: dict) -> None:
+    """The console's line of a map: what the summary says, in its words (lczmap.outputs.CELL_STATES)."""
+    from ..outputs import aoi_shares_text
+
     if not ctx.obj.get("quiet", False):
         top = sorted(summary["classes"].values(), key=lambda c: -c["percent"])[:3]
         classes = ", ".join(f"LCZ {c['lcz']} {c['percent']:.0f}%" for c in top if c["percent"] > 0)
-        click.echo(f"Wrote {out}: {summary['mapped_km2']:.1f} km2 mapped ({classes}); "
-                   f"no data on {summary['nodata_share']:.1%} of the AOI; "
-                   f"{sum(summary['seconds'].values()):.0f} s")
+        click.echo(f"Wrote {out}: {summary['mapped_km2']:.1f} km2 with a class ({classes}); of the AOI's "
+                   f"{summary['aoi_km2']:.1f} km2: {aoi_shares_text(summary)}; {summary['seconds']['total']:.0f} s")
 
 
 def demo_city(cache: str | Path | None = None) -> Path:

@@ -33,14 +33,16 @@ def stage_cmd(ctx: click.Context, config_path: str | None, out: str, resolution:
     from ..aoi import read_aoi
     from ..cluster import check_cluster_options
     from ..config import load_city_config
-    from ..grid import city_grid
-    from ..stage import stack_format, stage_city, write_stack
+    from ..grid import check_stack_size, city_grid
+    from ..stage import check_stack_output, stage_city, write_stack
 
     check_cluster_options(workers, threads, scheduler)
-    stack_format(out)  # refuse a bad --out before any input is read
+    check_stack_output(out)  # refuse a bad --out before any input is read
     config = load_city_config(config_path, **city_overrides(kwargs))
     config = with_stac_items(config, stac_url, stac_datetime, max_cloud, out)
-    grid = city_grid(read_aoi(config.aoi), resolution=resolution)
+    aoi = read_aoi(config.aoi)
+    check_stack_size(aoi, config.aoi)  # before any grid is made or any input opened over it
+    grid = city_grid(aoi, resolution=resolution)
     staged = stage_city(config, grid, chunk=chunk, composite=composite, valid_count=valid_count, mask_snow=mask_snow)
     report = write_stack(staged, out, progress=not ctx.obj.get("quiet"), workers=workers,
                          threads=threads, scheduler=scheduler)

@@ -47,6 +47,10 @@ class Source(ABC):
 
     key: str  # the CityConfig field it comes from
     bands: tuple[str, ...]  # the stack bands it fills, in stack order
+    # The share of the AOI's sampled pixels (`aoi_sample`) with a usable value, measured when opened (None: not
+    # measured), and what makes a pixel unusable, in words: lczmap.stage.check_usable refuses or warns by it.
+    usable_share: float | None = None
+    unusable: str = "nodata"
 
     @abstractmethod
     def read(self, geobox: GeoBox, extras: dict[str, np.ndarray] | None = None) -> np.ndarray:

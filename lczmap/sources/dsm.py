@@ -12,9 +12,10 @@ from odc.geo.geom import Geometry
 from rasterio.enums import Resampling
 
 from ..errors import LczmapError
-from ..grid import BASE_RESOLUTION
+from ..grid import BASE_RESOLUTION, aoi_sample, usable_share
 from ..ground import WINDOW_M, height_above_ground, margin_pixels
-from .base import RasterInfo, Source, check_overlap, inspect_raster, read_padded, warp, warp_array
+from .base import (RasterInfo, Source, check_overlap, inspect_raster, read_padded, warp,
+                   warp_array)
 
 # What a DSM given without a DTM holds (city.yaml `dsm_height`, `--dsm-height`): "derive", a surface model (roofs and
 # canopy on the terrain, as GLO-30), whose ground is derived (lczmap.ground) and the band is the height above it;
@@ -104,17 +105,27 @@ class DsmSource(Source):
         return out
 
 
-def open_dsm(dsm: str | Path, dtm: str | Path | None, aoi: Geometry, height: str | None = None) -> DsmSource:
+def open_dsm(dsm: str | Path, dtm: str | Path | None, aoi: Geometry, height: str | None = None,
+             base: GeoBox | None = None) -> DsmSource:
     """Check the DSM (and DTM) once: readable rasters of real heights, with a horizontal CRS, that overlap the AOI.
 
     `height` (HEIGHT_MODES, None: DEFAULT_HEIGHT) says what a DSM without a DTM holds; "given" with a DTM
-    contradicts it and is refused.
+    contradicts it and is refused. With the `base` grid, the share of the AOI with a height (a value in the DSM,
+    and the DTM if given) is sampled (`usable_share`, see lczmap.stage.check_usable).
     """
     dsm_info = _surface(dsm, "DSM", aoi)
     if dtm is not None and height == "given":
         raise LczmapError(f"{dtm}: a DTM is given, but dsm_height: given says the DSM already is height above ground; "
                           "drop one of them")
-    return DsmSource(dsm_info, _surface(dtm, "DTM", aoi) if dtm is not None else None, height or DEFAULT_HEIGHT)
+    source = DsmSource(dsm_info, _surface(dtm, "DTM", aoi) if dtm is not None else None, height or DEFAULT_HEIGHT)
+    if base is not None:
+        coarse, in_aoi = aoi_sample(aoi, base)
+        usable = np.ones(coarse.shape, bool)
+        for info in filter(None, (source.dsm, source.dtm)):
+            usable &= np.isfinite(warp(info.href, [1], coarse, Resampling.nearest)[0])
+        source.usable_share = usable_share(usable, in_aoi)
+        source.unusable = "nodata or NaN" if source.dtm is None else "nodata or NaN in the DSM or the DTM"
+    return source
 
 
 def _surface(path: str | Path, what: str, aoi: Geometry) -> RasterInfo:

@@ -35,6 +35,7 @@ from odc.geo.geom import Geometry
 from rasterio.enums import Resampling
 
 from ..errors import LczmapError
+from ..grid import aoi_sample, usable_share
 from .base import RasterInfo, Source, check_overlap, inspect_raster, warp
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,18 @@ class LandcoverSource(Source):
 
 
 def open_landcover(path: str | Path, scheme: str, aoi: Geometry, base: GeoBox, search: tuple[Path, ...] = ()) -> LandcoverSource:
-    """Check the raster once and sample it coarsely over the grid: refuse it if the scheme maps none of its codes."""
+    """Check the raster once and sample it coarsely over the AOI: refuse complex values, or codes none of which the
+    scheme maps; its `usable_share` is that of the AOI with a code the scheme maps (see lczmap.stage.check_usable)."""
     info = inspect_raster(path, "land-cover raster")
+    if info.dtype.startswith("complex"):  # complex64/128 and GDAL's complex_int16/32
+        raise LczmapError(f"{path}: land-cover raster holds complex numbers ({info.dtype}); it must hold class codes")
     check_overlap(info, aoi, "land-cover raster")
     name, table = scheme_table(scheme, search)
     base_res = abs(base.resolution.x)
     resampling = Resampling.mode if info.res_m < _MODE_BELOW * base_res else Resampling.nearest
     source = LandcoverSource(info, name, table, resampling)
-    step = max(1, int(np.ceil(max(base.shape) / 256)))
-    sample = source.codes(base.zoom_out(step), Resampling.nearest)
+    coarse, in_aoi = aoi_sample(aoi, base)
+    sample = source.codes(coarse, Resampling.nearest)
     present = set(np.unique(sample[sample >= 0]).tolist())
     unmapped = sorted(present - set(table))
     if present and len(unmapped) == len(present):
@@ -144,4 +148,6 @@ def open_landcover(path: str | Path, scheme: str, aoi: Geometry, base: GeoBox, s
         )
     if unmapped:
         log.warning("%s: codes %s are not in the '%s' table and become nodata", info.href, unmapped[:20], name)
+    source.usable_share = usable_share(np.isin(sample, list(table)), in_aoi)
+    source.unusable = f"nodata or a code outside the '{name}' table"
     return source

@@ -16,10 +16,10 @@ from ..classes import lcz_classes
 def _save(fig: Figure, path: Path) -> Path:
     """Write atomically: a half-written PNG never replaces a good one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     FigureCanvasAgg(fig)
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, format="png")
         os.replace(tmp, path)
     except BaseException:  # a full disk or a file-size limit: no partial file left behind
         tmp.unlink(missing_ok=True)

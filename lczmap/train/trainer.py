@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -172,9 +173,20 @@ class TrainingState(keras.callbacks.Callback):
         _write_json(self.folder / "state.json", s)
 
     def _save_weights(self, path: Path) -> None:
-        tmp = path.with_name(f".tmp.{path.name}")
-        self.model.save_weights(str(tmp))
-        os.replace(tmp, path)
+        save_weights_atomic(self.model, path)
+
+
+def save_weights_atomic(model: keras.Model, path: Path) -> None:
+    """Save `model`'s weights to `path` so that a half-written file never replaces a good one. Keras insists on the
+    `.weights.h5` suffix, so they are written inside a temporary folder of the project's naming (`.NAME.<pid>.tmp`,
+    swept like any temporary of a killed run) and renamed into place."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.mkdir(exist_ok=True)
+    try:
+        model.save_weights(str(scratch / path.name))
+        os.replace(scratch / path.name, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -352,9 +364,7 @@ def _train(config: TrainConfig, train_src: PatchSource, val_src: PatchSource, tr
     # Shipped weights hold the network only (no optimizer state): rebuild, copy, save.
     final = build(config.network, input_shape, **config.options)
     final.set_weights(model.get_weights())
-    tmp = out / ".tmp.model.weights.h5"
-    final.save_weights(str(tmp))
-    os.replace(tmp, out / "model.weights.h5")
+    save_weights_atomic(final, out / "model.weights.h5")
 
     history = state["history"]
     _write_json(out / "history.json", history)

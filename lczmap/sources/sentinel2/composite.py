@@ -40,7 +40,7 @@ def preview_products(products: list[Sentinel2Source], grid: Any, masked: tuple[i
             cloud = np.zeros_like(data)
         n = int((data & aoi).sum())
         out[p.path] = {
-            "aoi_px": max(int(aoi.sum()), 1),
+            "aoi_px": int(aoi.sum()),
             "aoi_data_px": n,
             "data_share": round(n / max(int(aoi.sum()), 1), 4),
             "cloud_share": round(int((cloud & aoi).sum()) / n, 4) if n and p.scl is not None else None,
@@ -90,8 +90,12 @@ class Sentinel2Composite(Source):
         for p in self.products:  # the share of the AOI each product is expected to supply, from the 60 m preview
             valid = preview[p.path]["valid"]
             used = valid if method == "median" or taken is None else valid & ~taken
-            self.stats[p.path]["contributed_estimate"] = round(int(used.sum()) / preview[p.path]["aoi_px"], 4)
+            self.stats[p.path]["contributed_estimate"] = round(int(used.sum()) / max(preview[p.path]["aoi_px"], 1), 4)
             taken = valid.copy() if taken is None else taken | valid
+        # The AOI's share with a clear observation in any product (None for an AOI no 60 m pixel centre falls in).
+        aoi_px = preview[self.products[0].path]["aoi_px"]
+        self.usable_share = round(int(taken.sum()) / aoi_px, 4) if aoi_px else None
+        self.unusable = "clouded (SCL) or without data in every observation" if self.has_scl else "without data"
 
     def files(self) -> list[str]:
         return sorted({f for p in self.products for f in p.files()})
