@@ -1,25 +1,26 @@
 """Benchmark training from a coarse LCZ map (weak labels) against training from the truth, on a held-out demo city.
 
     python benchmarks/weak_labels.py [--city-km 5] [--epochs 20] [--init MODEL] [--json FILE] [--extra-model NAME ...]
-                                     [--hygiene="--min-agreement 6"]
+                                     [--hygiene="--min-agreement 6"] [--train-seed 31 --train-seed 33 ...]
 
-Two demo cities are generated (cached in $LCZMAP_CACHE/bench, default ~/.cache/lczmap/bench): A to train on, B
-held out. A's truth map is degraded the way a real coarse LCZ map is (`degrade`): mode-resampled onto a 100 m
-EPSG:4326 grid like the global LCZ map's, shifted by half a cell, --flip of its cells changed to a confusable
-class (the most similar class present, by the WUDAPT accuracy weights), --holes of its cells set to nodata
-(in patches), written as a WUDAPT-style int32 GeoTIFF with nodata -999. Then, with the command line only:
+Demo cities are generated (cached in $LCZMAP_CACHE/bench, default ~/.cache/lczmap/bench): A to train on (one per
+--train-seed, default one), B held out. Each A's truth map is degraded the way a real coarse LCZ map is (`degrade`):
+mode-resampled onto a 100 m EPSG:4326 grid like the global LCZ map's, shifted by half a cell, --flip of its cells
+changed to a confusable class (the most similar class present, by the WUDAPT accuracy weights), --holes of its cells
+set to nodata (in patches), written as a WUDAPT-style int32 GeoTIFF with nodata -999. Each A gets two copies of its
+city.yaml in the work folder, `reference:` set to its weak labels and to its truth. Then, with the command line only:
 
-    lczmap train --city A/city.yaml --reference labels.tif --network msmla18 --epochs E --out weak/   (default hygiene)
-    lczmap train --city A/city.yaml --reference A/truth_lcz.tif --min-agreement 0 ... --out clean/    (same budget)
-    lczmap train --city A/city.yaml --reference labels.tif --bands B02,...,B12 ... --out s2/   (Sentinel-2 bands only)
+    lczmap train --city A-weak.yaml [...] --network msmla18 --epochs E --out weak/                    (default hygiene)
+    lczmap train --city A-clean.yaml [...] --min-agreement 0 ... --out clean/                           (same budget)
+    lczmap train --city A-weak.yaml [...] --bands B02,...,B12 ... --out s2/                  (Sentinel-2 bands only)
     lczmap predict --config B/city.yaml --model weak/ --out weak.tif   (and clean/)
     lczmap evaluate --map weak.tif --reference B/truth_lcz.tif
 
 and reports OA, OA_bu and kappa of the three maps against B's truth (all cells), the weak labels' own agreement with
-A's truth, and whether the goal is met: weak-label OA >= 0.80 and within 0.05 of the clean model. Each
+each A's truth, and whether the goal is met: weak-label OA >= 0.80 and within 0.05 of the clean model. Each
 --extra-model (a name or folder, e.g. a Sentinel-2-only model) is scored on the same held-out city; with --init both
 runs fine-tune that model (which is scored too, as it was) instead of starting from random weights (the
-Sentinel-2-only run, whose bands differ from any full model's, always starts from random weights). Figures
+Sentinel-2-only run, whose bands differ from any full model's, always starts from random weights).
 --hygiene replaces the default label hygiene of both weak-label runs (the options of `lczmap train`). Figures
 come from this one run on this machine (training is seeded, but threads make it not bit-exact).
 """
@@ -97,7 +98,7 @@ def degrade(truth: Path, out: Path, flip: float, holes: float, shift: float, see
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(labels, 1)
         dst.set_band_description(1, "lcz")
-    return {"cells": int(valid.sum()), "flipped": int(len(flipped)), "holes": int(hole.sum()), "shift_cells": shift,
+    return {"cells": int(valid.sum()), "flipped": len(flipped), "holes": int(hole.sum()), "shift_cells": shift,
             "confusable": {str(k): v for k, v in confusable.items()}, "crs": "EPSG:4326", "cell_deg": GLOBAL_MAP_CELL_DEG}
 
 
@@ -109,16 +110,32 @@ def score(map_path: Path, truth: Path) -> dict:
     return {k: s[k] for k in ("oa", "oa_bu", "kappa", "n")}
 
 
-def train(name: str, work: Path, city: Path, reference: Path, epochs: int, seed: int, extra: list[str]) -> dict:
+def with_reference(city: Path, reference: Path, out: Path) -> Path:
+    """Write `out`: a copy of `city` (paths made absolute) whose `reference:` is `reference`; returns `out`."""
+    import yaml
+
+    from lczmap.config import PATH_KEYS
+
+    config = yaml.safe_load(city.read_text())
+    for key in PATH_KEYS:
+        if isinstance(config.get(key), str):
+            config[key] = str((city.parent / config[key]).resolve())
+    config["reference"] = str(reference.resolve())
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def train(name: str, work: Path, cities: list[Path], epochs: int, seed: int, extra: list[str]) -> dict:
     out = work / name
-    seconds = lczmap("train", "--city", str(city), "--reference", str(reference), "--network", "msmla18", "--epochs", str(epochs),
-                     "--seed", str(seed), "--out", str(out), *extra)
+    seconds = lczmap("train", *(a for city in cities for a in ("--city", str(city))), "--network", "msmla18",
+                     "--epochs", str(epochs), "--seed", str(seed), "--out", str(out), *extra)
     card = json.loads((out / "card.json").read_text())
-    t, labels = card["training"], card["training"]["labels"][0]
+    t = card["training"]
+    counts = ("cells_in_aoi", "cells_with_class", "dropped_disagreeing", "dropped_by_cap", "kept")
+    labels = {k: sum(city[k] for city in t["labels"]) for k in counts}
     return {"model": str(out), "train_seconds": round(seconds, 1), "n_train": t["n_train"], "n_validation": t["n_validation"],
             "split": t["split"], "epochs_run": t["epochs_run"], "best_epoch": t["best_epoch"],
-            "validation_oa": card["metrics"]["validation"]["oa"],
-            "labels": {k: labels[k] for k in ("rules", "cells_in_aoi", "cells_with_class", "dropped_disagreeing", "dropped_by_cap", "kept")}}
+            "validation_oa": card["metrics"]["validation"]["oa"], "labels": {"rules": t["labels"][0]["rules"], **labels}}
 
 
 def held_out(model: str, city_b: Path, out: Path, truth_b: Path) -> dict:
@@ -131,7 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--city-km", type=float, default=5.0, help="size of both demo cities")
     parser.add_argument("--scenes", type=int, default=1, help="Sentinel-2 scenes per demo city")
-    parser.add_argument("--train-seed", type=int, default=31, help="demo seed of the training city A")
+    parser.add_argument("--train-seed", type=int, action="append", default=None,
+                        help="demo seed of a training city A; repeat for several [default: 31]")
     parser.add_argument("--test-seed", type=int, default=32, help="demo seed of the held-out city B")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="training and degradation seed")
@@ -149,23 +167,28 @@ def main() -> None:
     args = parser.parse_args()
 
     cities = CACHE / "weak-labels"
-    city_a = demo_city(cities / f"A-{args.train_seed}-{args.city_km:g}km-{args.scenes}", args.train_seed, args.city_km, args.scenes)
+    train_seeds = args.train_seed or [31]
+    cities_a = [demo_city(cities / f"A-{s}-{args.city_km:g}km-{args.scenes}", s, args.city_km, args.scenes) for s in train_seeds]
     city_b = demo_city(cities / f"B-{args.test_seed}-{args.city_km:g}km-{args.scenes}", args.test_seed, args.city_km, args.scenes)
     work = args.work or cities / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
-    truth_a, truth_b = city_a.parent / "truth_lcz.tif", city_b.parent / "truth_lcz.tif"
+    truth_b = city_b.parent / "truth_lcz.tif"
 
-    labels = work / "labels.tif"
-    degradation = degrade(truth_a, labels, args.flip, args.holes, args.shift, args.seed)
-    label_quality = score(labels, truth_a)  # how weak the labels are, on A's own grid
+    degradation, label_quality, weak_cities, clean_cities = {}, {}, [], []
+    for i, (seed, city_a) in enumerate(zip(train_seeds, cities_a, strict=True)):
+        truth_a, labels = city_a.parent / "truth_lcz.tif", work / ("labels.tif" if i == 0 else f"labels-{seed}.tif")
+        degradation[seed] = degrade(truth_a, labels, args.flip, args.holes, args.shift, args.seed + i)
+        label_quality[seed] = score(labels, truth_a)  # how weak the labels are, on A's own grid
+        weak_cities.append(with_reference(city_a, labels, work / f"A-{seed}-weak.yaml"))
+        clean_cities.append(with_reference(city_a, truth_a, work / f"A-{seed}-clean.yaml"))
 
     # The released MSMLA schedule divides the learning rate by 250 after epoch 5; a short run halves it instead.
     schedule = ["--lr-decay", "0.5", "--lr-step", str(max(1, args.epochs // 3))]
     common = [*schedule, *(["--init", args.init] if args.init else [])]
     hygiene = args.hygiene.split()
-    weak = train("weak", work, city_a, labels, args.epochs, args.seed, [*common, *hygiene])
-    clean = train("clean", work, city_a, truth_a, args.epochs, args.seed, [*common, "--min-agreement", "0"])
-    s2_only = train("s2", work, city_a, labels, args.epochs, args.seed, [*schedule, *hygiene, "--bands", ",".join(S2_BANDS)])
+    weak = train("weak", work, weak_cities, args.epochs, args.seed, [*common, *hygiene])
+    clean = train("clean", work, clean_cities, args.epochs, args.seed, [*common, "--min-agreement", "0"])
+    s2_only = train("s2", work, weak_cities, args.epochs, args.seed, [*schedule, *hygiene, "--bands", ",".join(S2_BANDS)])
     for arm, name in ((weak, "weak"), (clean, "clean"), (s2_only, "s2")):
         arm.update(held_out(arm["model"], city_b, work / f"{name}.tif", truth_b))
     extra = {m: held_out(m, city_b, work / f"extra-{Path(m).name}.tif", truth_b) for m in [*args.extra_model, *filter(None, [args.init])]}
@@ -173,7 +196,7 @@ def main() -> None:
     result = {
         "benchmark": "weak_labels", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "cities": {"train": str(city_a), "held_out": str(city_b), "size_km": args.city_km, "scenes": args.scenes},
+        "cities": {"train": [str(c) for c in cities_a], "held_out": str(city_b), "size_km": args.city_km, "scenes": args.scenes},
         "training": {"network": "msmla18", "epochs": args.epochs, "schedule": common, "init": args.init,
                      "weak_hygiene": hygiene or "train's defaults"},
         "degradation": degradation, "weak_labels_vs_truth": label_quality,

@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -267,13 +268,17 @@ def _region_tile(job: CityJob, spec: RegionSpec, tile: Tile) -> dict[str, Any]:
 
 def _region_done(job: CityJob, plan: RegionPlan, *tiles: dict[str, Any]) -> dict[str, Any]:
     """The mosaic of a region-sized city and its record, once all its tiles are done (runs on a worker); its
-    manifest entry (a failed tile's, if one failed)."""
+    manifest entry (a failed tile's, if one failed). Its inputs are checked here (warnings in its summary), as a city's
+    are; its `seconds`: the tiles' summed over the tiles, as they ran side by side."""
     failed = [t for t in tiles if t.get("status") == "failed"]
     if failed:
         return failed[0]
     try:
         with _recorded(job, plan.out) as entry:
-            region.write_mosaic(plan, list(tiles), {})
+            t0 = time.perf_counter()
+            guard = region.guard_region(plan)
+            seconds = {"plan": plan.plan_seconds + time.perf_counter() - t0, "tiles": sum(t.get("seconds", 0.0) for t in tiles)}
+            region.write_mosaic(plan, list(tiles), seconds, guard)
     except Exception as exc:
         return _failed(job, exc)
     return entry
@@ -288,6 +293,7 @@ def _submit(client: Any, job: CityJob, output_dir: Path, priority: int) -> Any:
     if job.options.get("probabilities"):
         log.warning("city %s is mapped as a region: its probabilities file is not written", job.name)
     plan = region.plan_region(config, Path(output_dir) / f"{job.name}.tif", **{"model": DEFAULT_MODEL, **options})
+    region.prepare_tiles(plan)
     tiles = [client.submit(_region_tile, job, plan.spec, t, pure=False, priority=priority,
                            key=f"lczmap-tile-{job.name}-{t.id}-{os.getpid()}") for t in plan.tiles]
     return client.submit(_region_done, job, plan, *tiles, pure=False, priority=priority, key=f"lczmap-region-{job.name}-{os.getpid()}")

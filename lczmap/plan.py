@@ -7,7 +7,7 @@ task reads its own window through `PredictPlan.read_window`; a region's plan hol
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,8 @@ class RegionPlan:
     tiles: tuple[Tile, ...]
     tiles_output: bool
     tile_km: float
+    state: dict[str, Any] = field(default_factory=dict)  # what the tiles folder's tiles were made from
+    plan_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -165,10 +165,11 @@ def output_crs(crs: str | None) -> str:
 
 def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: float = 100.0, crs: str | None = None,
                 tile_km: float | None = None, tiles_output: bool = False, filter: bool = True, **options: Any) -> RegionPlan:
-    """Check the options, cut the AOI into tiles and prepare `<out>.tiles/` (kept only while its inputs are unchanged).
+    """Check the options and cut the AOI into tiles (nothing is written: see `prepare_tiles`).
 
     `options` go to every tile's plan_city (batch_size, nodata_threshold, vhr, ...).
     """
+    t0 = time.perf_counter()
     out = check_output(out, config)
     card = resolve_model(model, MAPPING_NETWORKS)  # a model that cannot map stops the run before any tile
     tile_km = DEFAULT_TILE_KM if tile_km is None else float(tile_km)
@@ -183,8 +184,8 @@ def plan_region(config: CityConfig, out: str | Path, *, model: str, resolution: 
              "weights_sha256": card.weights_sha256, "resolution": spec.resolution, "tile_km": tile_km,
              "filter": spec.filter, "options": {k: str(v) for k, v in sorted(options.items())},
              "inputs": _input_stamps(config), "tile_bands": list(TILE_BANDS)}  # tiles of another layout are redone
-    _prepare_work(work, state)
-    return RegionPlan(spec=spec, out=out, crs=mosaic_crs, tiles=tuple(tiles), tiles_output=tiles_output, tile_km=tile_km)
+    return RegionPlan(spec=spec, out=out, crs=mosaic_crs, tiles=tuple(tiles), tiles_output=tiles_output, tile_km=tile_km,
+                      state=state, plan_seconds=time.perf_counter() - t0)
 
 
 def _input_stamps(config: CityConfig) -> list[Any]:
@@ -194,7 +195,10 @@ def _input_stamps(config: CityConfig) -> list[Any]:
     return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p),) for p in paths]
 
 
-def _prepare_work(work: Path, state: dict[str, Any]) -> None:
+def prepare_tiles(plan: RegionPlan) -> None:
+    """Make `<out>.tiles/` ready for the plan's tiles: its finished tiles are kept only while its inputs and options are
+    unchanged; temporaries of a killed run are removed."""
+    work, state = plan.spec.work, plan.state
     state_path = work / STATE_FILE
     if work.exists():
         try:
@@ -310,7 +314,8 @@ def write_mosaic(plan: RegionPlan, results: list[dict[str, Any]], seconds: dict[
                            model=tags.get("model"), credits=input_credits(spec.config))
             for key, text in class_styles(spec.filter).items():
                 tmp[key].write_text(text)
-        seconds["mosaic"] = round(time.perf_counter() - t0, 3)
+        seconds["write"] = time.perf_counter() - t0
+        seconds = {k: round(v, 3) for k, v in {**seconds, "total": sum(seconds.values())}.items()}
         summary = region_summary(plan, areas, seconds, {k: p.name for k, p in wanted.items()}, bands, method) | (guard or {})
         write_summary(tmp["summary"], summary)
     return summary
@@ -349,10 +354,14 @@ def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = No
 
     Without a cluster the tiles run one after another here (their blocks on the threaded scheduler);
     with one, every tile is a task on a worker, which writes the tile itself. A failed tile fails the run
-    after the others are done; finished tiles stay, so the same command resumes.
+    after the others are done; finished tiles stay, so the same command resumes. The summary's `seconds`: `plan`
+    (the guard's included), `tiles` (staging, inference and writing of the tiles), `write` (the mosaic) and `total`.
     """
     t0 = time.perf_counter()
-    guard = guard_region(plan, strict_inputs)
+    guard = guard_region(plan, strict_inputs)  # a refusal leaves nothing behind: the tiles folder is made after it
+    seconds = {"plan": plan.plan_seconds + time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    prepare_tiles(plan)
     done = sum(plan.spec.tile_path(t).exists() for t in plan.tiles)
     log.info("%s: %d tiles of %g km in %d UTM zone(s); %d already done", plan.spec.config.name, len(plan.tiles),
              plan.tile_km, len({t.epsg for t in plan.tiles}), done)
@@ -386,7 +395,7 @@ def map_region(plan: RegionPlan, *, client: Any = None, workers: int | None = No
         if errors:
             raise LczmapError(f"{len(errors)} of {len(plan.tiles)} tiles failed ({errors[0]}); finished tiles are kept: "
                               f"run the same command again to resume")
-        seconds = {"tiles": round(time.perf_counter() - t0, 3)}
+        seconds["tiles"] = time.perf_counter() - t0
         if client is not None:  # the mosaic is written by a worker too: the client never reads the map
             return client.submit(write_mosaic, plan, results, seconds, guard, pure=False).result()
         return write_mosaic(plan, results, seconds, guard)

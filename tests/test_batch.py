@@ -317,6 +317,9 @@ def test_a_region_sized_city_is_submitted_as_tiles_and_mosaicked_by_a_worker(wor
     assert entry["status"] == "done", entry
     tif = workspace / "out-region" / "beta.tif"
     assert entry["sha256"] == sha256(tif) and (workspace / "out-region" / "beta.tiles").is_dir()
+    summary = json.loads(tif.with_suffix(".summary.json").read_text())  # inputs checked on the worker, as a city's
+    assert summary["input_warnings"] == [] and "model_synthetic" in summary
+    assert set(summary["seconds"]) == {"plan", "tiles", "write", "total"} and summary["seconds"]["tiles"] > 0
     with rasterio.open(tif) as ds:  # a city's layout: the one-band map, the LCZ Generator's bands beside it
         assert ds.crs.to_epsg() == 4326 and ds.descriptions == ("lcz_filtered",)
         assert (ds.read(1) != 0).mean() > 0.3

@@ -141,6 +141,9 @@ def one_and_four(demo_city, tmp_path_factory):
 def test_four_tiles_agree_with_one_grid(one_and_four):
     out, plan, summary = one_and_four
     assert len(plan.tiles) == 4 and summary["tiles"] == 4
+    seconds = summary["seconds"]  # every stage, the input check in the plan's
+    assert set(seconds) == {"plan", "tiles", "write", "total"}
+    assert seconds["total"] == pytest.approx(seconds["plan"] + seconds["tiles"] + seconds["write"], abs=0.01)
     # The region's files are a city's: the one-band map with its colour table, the three-band file, the cell status.
     for key in ("map", "lcz3", "filled"):
         with rasterio.open(output_paths(out / "one.tif")[key]) as one, rasterio.open(output_paths(out / "four.tif")[key]) as four:
