@@ -1,4 +1,5 @@
-"""Derive a city's processing grids from its AOI: a 10 m base grid and an aligned output grid in the AOI's UTM zone."""
+"""Derive a city's processing grids from its AOI: a 10 m base grid and an aligned output grid in the AOI's UTM zone;
+and the UTM zone strips a region is cut along."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
@@ -14,6 +16,7 @@ from affine import Affine
 from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
+from pyproj import Transformer
 from rasterio.features import rasterize
 
 from .errors import LczmapError
@@ -241,3 +244,53 @@ def usable_share(usable: np.ndarray, aoi: np.ndarray) -> float | None:
     """The share of the `aoi` mask's pixels that are `usable`; None for an empty mask."""
     n = int(aoi.sum())
     return round(int((usable & aoi).sum()) / n, 4) if n else None
+
+
+# ---- UTM zone strips (a region's tiles lie in one zone each) ----------------------------------------
+
+def zone_parts(aoi: Geometry) -> list[tuple[int, Any, Any]]:
+    """(EPSG, the AOI's part in the zone, the zone strip) per UTM zone and hemisphere, all in lon/lat (shapely)."""
+    ll = to_lonlat(aoi).geom
+    minx, miny, maxx, maxy = ll.bounds
+    parts = []
+    for k in range(math.floor((minx + 180) / 6), math.floor((maxx + 180) / 6) + 1):
+        for base in (32600, 32700):
+            epsg = base + k % 60 + 1
+            strip = shapely.box(*zone_strip(epsg))
+            part = ll.intersection(strip)
+            if not part.is_empty and part.area > 0:
+                parts.append((epsg, part, strip))
+    if not parts:
+        raise LczmapError("the AOI lies outside the UTM zones (80 S to 84 N); give a projected --crs for polar regions")
+    return parts
+
+
+def zone_strip(epsg: int) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of the strip a UTM zone's EPSG code (326zz north, 327zz south) stands for."""
+    west = -180.0 + 6 * (epsg % 100 - 1)
+    south, north = (0.0, 84.0) if epsg < 32700 else (-80.0, 0.0)
+    return west, south, west + 6, north
+
+
+def in_zone_strip(box: Any, epsg: int) -> np.ndarray:
+    """(h, w) bool: the cells of GeoBox `box` whose centre lies in the zone's strip (west and south edges included).
+
+    Half-open, so a point on the edge of two strips belongs to one: counting each zone's cells with this
+    counts every place once, although tile cores overlap by a cell across a zone edge.
+    """
+    h, w = box.shape
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    x, y = box.affine * (cols, rows)
+    lon, lat = Transformer.from_crs(box.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(x, y)
+    west, south, east, north = zone_strip(epsg)
+    return (lon >= west) & (lon < east) & (lat >= south) & (lat < north)
+
+
+def to_zone(geom: Any, epsg: int) -> Any:
+    """A lon/lat shapely geometry in the zone's CRS; edges densified first, as meridians and parallels curve in UTM."""
+    return Geometry(shapely.segmentize(geom, 0.01), "EPSG:4326").to_crs(f"EPSG:{epsg}").geom
+
+
+def zone_to_lonlat(geom: Any, epsg: int) -> Any:
+    """A shapely geometry in the zone's CRS in lon/lat; edges densified first."""
+    return to_lonlat(Geometry(shapely.segmentize(geom, 500.0), f"EPSG:{epsg}")).geom

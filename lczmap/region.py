@@ -36,7 +36,6 @@ from distributed import as_completed
 from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
-from pyproj import Transformer
 from rasterio.features import geometry_mask
 from tqdm import tqdm
 
@@ -46,7 +45,8 @@ from .card import resolve_model
 from .cluster import Runner, runner
 from .config import CityConfig
 from .errors import LczmapError
-from .grid import MAX_GRID_EXTENT_M, check_region_size, plan_size, to_lonlat
+from .grid import (MAX_GRID_EXTENT_M, check_region_size, in_zone_strip, plan_size, to_lonlat, to_zone, zone_parts,
+                   zone_to_lonlat)
 from .guard import SAMPLE_BLOCKS
 from .inference import plan_model
 from .mosaic import (LCZ_FILTER, N_CLASS_BANDS, STATUS, aoi_array, area_method, block_areas, cell_areas_km2, class_stack,
@@ -81,53 +81,6 @@ def needs_region(aoi: Geometry, tile_km: float | None = None) -> bool:
     return plan_size(aoi).extent_m > REGION_EXTENT_M
 
 
-def zone_parts(aoi: Geometry) -> list[tuple[int, Any, Any]]:
-    """(EPSG, the AOI's part in the zone, the zone strip) per UTM zone and hemisphere, all in lon/lat (shapely)."""
-    ll = to_lonlat(aoi).geom
-    minx, miny, maxx, maxy = ll.bounds
-    parts = []
-    for k in range(math.floor((minx + 180) / 6), math.floor((maxx + 180) / 6) + 1):
-        for base in (32600, 32700):
-            epsg = base + k % 60 + 1
-            strip = shapely.box(*zone_strip(epsg))
-            part = ll.intersection(strip)
-            if not part.is_empty and part.area > 0:
-                parts.append((epsg, part, strip))
-    if not parts:
-        raise LczmapError("the AOI lies outside the UTM zones (80 S to 84 N); give a projected --crs for polar regions")
-    return parts
-
-
-def zone_strip(epsg: int) -> tuple[float, float, float, float]:
-    """(west, south, east, north) in degrees of the strip a UTM zone's EPSG code (326zz north, 327zz south) stands for."""
-    west = -180.0 + 6 * (epsg % 100 - 1)
-    south, north = (0.0, 84.0) if epsg < 32700 else (-80.0, 0.0)
-    return west, south, west + 6, north
-
-
-def in_zone_strip(box: Any, epsg: int) -> np.ndarray:
-    """(h, w) bool: the cells of GeoBox `box` whose centre lies in the zone's strip (west and south edges included).
-
-    Half-open, so a point on the edge of two strips belongs to one: counting each zone's cells with this
-    counts every place once, although tile cores overlap by a cell across a zone edge.
-    """
-    h, w = box.shape
-    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    x, y = box.affine * (cols, rows)
-    lon, lat = Transformer.from_crs(box.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(x, y)
-    west, south, east, north = zone_strip(epsg)
-    return (lon >= west) & (lon < east) & (lat >= south) & (lat < north)
-
-
-def _to_zone(geom: Any, epsg: int) -> Any:
-    """A lon/lat shapely geometry in the zone's CRS; edges densified first, as meridians and parallels curve in UTM."""
-    return Geometry(shapely.segmentize(geom, 0.01), "EPSG:4326").to_crs(f"EPSG:{epsg}").geom
-
-
-def _to_lonlat(geom: Any, epsg: int) -> Any:
-    return to_lonlat(Geometry(shapely.segmentize(geom, 500.0), f"EPSG:{epsg}")).geom
-
-
 def plan_tiles(aoi: Geometry, tile_km: float = DEFAULT_TILE_KM, resolution: float = 100.0) -> list[Tile]:
     """The region's tiles on the fixed per-zone grid: every tile square that holds part of the AOI."""
     size = round(tile_km * 1000 / resolution) * resolution  # whole output cells, so tile edges are cell edges
@@ -137,9 +90,9 @@ def plan_tiles(aoi: Geometry, tile_km: float = DEFAULT_TILE_KM, resolution: floa
     ll = to_lonlat(aoi).geom
     tiles = []
     for epsg, part, strip in zone_parts(aoi):
-        part_utm = _to_zone(part, epsg)
+        part_utm = to_zone(part, epsg)
         # One cell of overlap across the zone edge, so the mosaic has no gap where the meridian cuts cells.
-        strip_utm = _to_zone(strip, epsg).buffer(resolution, join_style="mitre")
+        strip_utm = to_zone(strip, epsg).buffer(resolution, join_style="mitre")
         minx, miny, maxx, maxy = part_utm.bounds
         for i in range(math.floor(minx / size), math.ceil(maxx / size)):
             for j in range(math.floor(miny / size), math.ceil(maxy / size)):
@@ -148,7 +101,7 @@ def plan_tiles(aoi: Geometry, tile_km: float = DEFAULT_TILE_KM, resolution: floa
                     continue
                 core = square.intersection(strip_utm)
                 reach = shapely.box(*core.buffer(halo, join_style="mitre").bounds)
-                tile_aoi = _to_zone(ll.intersection(_to_lonlat(reach, epsg)), epsg).intersection(reach)
+                tile_aoi = to_zone(ll.intersection(zone_to_lonlat(reach, epsg)), epsg).intersection(reach)
                 if tile_aoi.is_empty or tile_aoi.area == 0:
                     continue
                 tiles.append(Tile(id=f"{epsg}_{i:+05d}_{j:+05d}", epsg=epsg, core_wkt=core.wkt, aoi_wkt=tile_aoi.wkt))

@@ -22,9 +22,9 @@ from lczmap.config import load_city_config
 from lczmap.demo import generate
 from lczmap.demo.sentinel2_safe import mgrs_tile
 from lczmap.errors import LczmapError
+from lczmap.fetch.stac import write_items
 from lczmap.grid import city_grid
 from lczmap.sources import S2_BANDS, open_sentinel2
-from lczmap.sources import sentinel2 as s2
 from lczmap.sources.sentinel2 import composite as s2_composite
 from lczmap.stage import VALID_COUNT, open_stack, plan_stage, read_chunk, write_stack, stack_from_plan
 
@@ -384,7 +384,7 @@ def stac_catalog(config, root: Path) -> Path:
 
 def test_static_stac_catalog_search_and_item_collection(config, grid, tmp_path):
     catalog = stac_catalog(config, tmp_path / "stac")
-    found = s2.search_stac(str(catalog), read_aoi(config.aoi), tmp_path / "items.json")
+    found = write_items(str(catalog), read_aoi(config.aoi), tmp_path / "items.json")
     items = json.loads(found.read_text())
     assert items["type"] == "FeatureCollection" and len(items["features"]) == 3
     # the ItemCollection composites like the SAFE products it was made from
@@ -394,10 +394,10 @@ def test_static_stac_catalog_search_and_item_collection(config, grid, tmp_path):
     # filters: dates and cloud cover
     first_day = config.sentinel2[0].name.split("_")[2]
     day = f"{first_day[:4]}-{first_day[4:6]}-{first_day[6:8]}"
-    one = s2.search_stac(str(catalog), read_aoi(config.aoi), tmp_path / "one.json", datetime=f"{day}/{day}")
+    one = write_items(str(catalog), read_aoi(config.aoi), tmp_path / "one.json", datetime=f"{day}/{day}")
     assert [f["id"] for f in json.loads(one.read_text())["features"]] == [config.sentinel2[0].name.removesuffix(".SAFE")]
     with pytest.raises(LczmapError, match="no sentinel-2-l2a items"):
-        s2.search_stac(str(catalog), read_aoi(config.aoi), tmp_path / "none.json", max_cloud=0.0)
+        write_items(str(catalog), read_aoi(config.aoi), tmp_path / "none.json", max_cloud=0.0)
 
     out = tmp_path / "stack.zarr"
     result = CliRunner().invoke(cli, ["-q", "stage", "--aoi", str(config.aoi), "--stac-url", str(catalog),

@@ -17,7 +17,8 @@ from lczmap.card import DEFAULT_MODEL
 from lczmap.config import load_city_config
 from lczmap.demo.layout import Place
 from lczmap.mosaic import LCZ_FILTER, STATUS, block_areas, cell_areas_km2
-from lczmap.region import in_zone_strip, map_region, plan_region, zone_strip
+from lczmap.grid import in_zone_strip, zone_strip
+from lczmap.region import map_region, plan_region
 
 EDGE_LON = 126.0  # the meridian between UTM zones 51 and 52
 

@@ -219,8 +219,8 @@ def test_scaling_from_the_band_file_names_date_else_from_the_data(tmp_path, capl
 # ---- 3. network deadlines ----------------------------------------------------------------------------
 
 def test_network_calls_give_up_at_their_deadlines(silent_server, tmp_path, monkeypatch):
+    from lczmap.fetch import stac
     from lczmap.sources import base, network
-    from lczmap.sources.sentinel2 import stac
 
     for module in (network, stac):
         monkeypatch.setattr(module, "NETWORK_CONNECT_S", 1.0)
@@ -255,7 +255,7 @@ def test_network_calls_give_up_at_their_deadlines(silent_server, tmp_path, monke
     # and the whole search has its own deadline (a server that trickles its answer)
     monkeypatch.setattr(stac, "NETWORK_REQUEST_S", 60.0)
     monkeypatch.setattr(stac, "NETWORK_SEARCH_S", 1.0)
-    error = finishes_within(lambda: stac.search_stac(f"{silent_server}/", read_aoi(aoi), tmp_path / "i.json"), 30)
+    error = finishes_within(lambda: stac.write_items(f"{silent_server}/", read_aoi(aoi), tmp_path / "i.json"), 30)
     assert isinstance(error, LczmapError) and "no complete answer within 1 s" in str(error)
 
 
@@ -279,7 +279,8 @@ def static_catalog(root: Path, days: dict[str, str]) -> Path:
 
 def test_datetime_is_parsed_as_dates_before_any_search(silent_server, tmp_path):
     from lczmap.errors import OptionError
-    from lczmap.sources.sentinel2.stac import parse_datetime, search_stac
+    from lczmap.fetch.stac import write_items
+    from lczmap.sources.sentinel2.stac import parse_datetime
 
     utc = dt.timezone.utc
     assert parse_datetime("2023-12-01/2024-01-31").start == dt.datetime(2023, 12, 1, tzinfo=utc)
@@ -302,12 +303,12 @@ def test_datetime_is_parsed_as_dates_before_any_search(silent_server, tmp_path):
     catalog = static_catalog(tmp_path / "stac", {"winter": "2023-12-15", "spring": "2024-04-27"})
     found = {}
     for when in ("2023-12-01/2024-01-31", "../2024-01-31", "2024-04-27", "2024-04-27T00:00:00Z/..", None):
-        out = search_stac(str(catalog), read_aoi(aoi), tmp_path / "items.json", datetime=when)
+        out = write_items(str(catalog), read_aoi(aoi), tmp_path / "items.json", datetime=when)
         found[when] = sorted(f["id"] for f in json.loads(out.read_text())["features"])
     assert found == {"2023-12-01/2024-01-31": ["winter"], "../2024-01-31": ["winter"], "2024-04-27": ["spring"],
                      "2024-04-27T00:00:00Z/..": ["spring"], None: ["spring", "winter"]}
     with pytest.raises(OptionError, match="two digits"):
-        search_stac(str(catalog), read_aoi(aoi), tmp_path / "items.json", datetime="2023-12-01/2024-1-31")
+        write_items(str(catalog), read_aoi(aoi), tmp_path / "items.json", datetime="2023-12-01/2024-1-31")
 
 
 # ---- 5. surface models -------------------------------------------------------------------------------

@@ -121,8 +121,9 @@ def with_stac_items(config, url: str | None, datetime: str | None, max_cloud: fl
     from pathlib import Path
 
     from ..aoi import read_aoi
-    from ..sources.sentinel2 import as_paths, search_stac
+    from ..fetch.stac import write_items
+    from ..sources.sentinel2 import as_paths
 
-    found = search_stac(url, read_aoi(config.aoi), Path(f"{out}.stac-items.json"), datetime=datetime, max_cloud=max_cloud)
+    found = write_items(url, read_aoi(config.aoi), Path(f"{out}.stac-items.json"), datetime=datetime, max_cloud=max_cloud)
     products = (*as_paths(config.sentinel2), str(found))
     return dataclasses.replace(config, sentinel2=Path(products[0]) if len(products) == 1 else tuple(map(Path, products)))

@@ -21,10 +21,10 @@ from .composite import COMPOSITES, Sentinel2Composite
 from .inputs import as_paths, open_products, open_sentinel2
 from .product import BandRef, Sentinel2Source
 from .radiometry import read_mtd
-from .stac import STAC_COLLECTION, DateRange, parse_datetime, search_stac, stac_item_source
+from .stac import STAC_COLLECTION, DateRange, parse_datetime, stac_item_source
 
 __all__ = [
     "S2_BANDS", "SCL_CLOUD", "SCL_MASKED", "SCL_SNOW", "band_name", "COMPOSITES", "Sentinel2Composite", "as_paths",
-    "open_products", "open_sentinel2", "BandRef", "Sentinel2Source", "read_mtd", "STAC_COLLECTION", "search_stac",
+    "open_products", "open_sentinel2", "BandRef", "Sentinel2Source", "read_mtd", "STAC_COLLECTION",
     "stac_item_source", "DateRange", "parse_datetime",
 ]

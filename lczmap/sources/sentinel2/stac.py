@@ -1,10 +1,9 @@
-"""Sentinel-2 from STAC: an Item as a product (parsed by pystac and odc-stac), the search of a STAC API or static
-catalogue for the Items over an AOI, and the --datetime range it filters by."""
+"""Sentinel-2 from STAC: an Item as a product (parsed by pystac and odc-stac), and the --datetime range a search
+filters by (the search itself: lczmap.fetch.stac)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -13,19 +12,14 @@ from typing import Any
 
 import odc.stac
 import pystac
-import shapely.geometry
 from odc.geo.geom import Geometry
 
-from ...atomic import write_json_atomic
-from ...errors import LczmapError, OptionError, describe, reading
+from ...errors import LczmapError, OptionError, reading
 from ..base import RasterInfo, inspect_raster
-from ..network import NETWORK_CONNECT_S, NETWORK_REQUEST_S, NETWORK_SEARCH_S, with_deadline
 from .bands import band_of
 from .facts import name_facts
 from .product import Sentinel2Source, product_refs
 from .radiometry import baseline_fallback
-
-log = logging.getLogger(__name__)
 
 STAC_COLLECTION = "sentinel-2-l2a"
 
@@ -71,63 +65,6 @@ def stac_item_source(doc: Any, where: str, base: Path, aoi: Geometry | None) -> 
     info.update(facts)
     info["product_id"] = str(doc.get("id") or info["product_id"])
     return Sentinel2Source(where, "STAC item", refs, scl, info)
-
-
-def search_stac(url: str, aoi: Geometry, out: Path, datetime: str | None = None, max_cloud: float | None = None,
-                collection: str = STAC_COLLECTION, limit: int = 500) -> Path:
-    """Find Sentinel-2 L2A Items over `aoi` in a STAC API (pystac-client item search) or a static catalog (walked
-    and filtered here), and write them with absolute asset hrefs as an ItemCollection JSON `out`.
-
-    `datetime` is checked first (parse_datetime). Every request has connect and answer deadlines, the whole search
-    one more (sources.network). Nothing is downloaded: staging reads only the windows it needs from each
-    Item's COGs.
-    """
-    when = parse_datetime(datetime)
-    try:  # optional: only an online search needs pystac-client (the `stac` extra)
-        from pystac_client import Client
-        from pystac_client.stac_api_io import StacApiIO
-        from urllib3.util.retry import Retry
-    except ImportError:
-        raise LczmapError("--stac-url: searching a STAC API needs pystac-client (pip install pystac-client)") from None
-
-    lonlat = aoi.to_crs("EPSG:4326").geom
-    # Connection failures are retried (with backoff); a server that accepted and did not answer in time is not.
-    stac_io = StacApiIO(timeout=(NETWORK_CONNECT_S, NETWORK_REQUEST_S),
-                        max_retries=Retry(total=3, read=0, backoff_factor=0.5))
-
-    def find() -> list[pystac.Item]:
-        root = pystac.read_file(url, stac_io=stac_io)
-        if any("item-search" in str(c) for c in root.extra_fields.get("conformsTo", [])):
-            client = Client.open(url, stac_io=stac_io)
-            query = {"eo:cloud_cover": {"lte": max_cloud}} if max_cloud is not None else None
-            search = client.search(collections=[collection], intersects=shapely.geometry.mapping(lonlat),
-                                   datetime=str(when) if when else None, query=query, max_items=limit)
-            return list(search.items())
-        return [item for item in root.get_items(recursive=True)
-                if (item.collection_id in (None, collection))
-                and item.geometry is not None and shapely.geometry.shape(item.geometry).intersects(lonlat)
-                and (when is None or when.overlaps(*_item_times(item)))
-                and (max_cloud is None or float(item.properties.get("eo:cloud_cover", 0.0)) <= max_cloud)][:limit]
-
-    try:
-        items = with_deadline(find, NETWORK_SEARCH_S, f"--stac-url {url}")
-    except LczmapError:
-        raise
-    except Exception as exc:  # pystac-client, requests and JSON errors: one line naming the catalog
-        text = describe(exc)
-        if "timed out" in text.lower():
-            text = f"no answer within {NETWORK_REQUEST_S:g} s, the network deadline"
-        raise LczmapError(f"--stac-url {url}: STAC search failed ({text})") from None
-    if not items:
-        cloud = f" with at most {max_cloud:g} % cloud" if max_cloud is not None else ""
-        raise LczmapError(f"--stac-url {url}: no {collection} items over the AOI{f' in {datetime}' if when else ''}{cloud}")
-    features = []
-    for item in items:
-        item = item.clone()
-        item.make_asset_hrefs_absolute()
-        features.append(item.to_dict(include_self_link=False, transform_hrefs=False))
-    log.info("STAC search %s: %d items over the AOI, written to %s", url, len(features), out)
-    return write_json_atomic(out, {"type": "FeatureCollection", "features": features})
 
 
 # ---- --datetime -----------------------------------------------------------------------------------------
@@ -194,10 +131,3 @@ def _utc(moment: dt.datetime | None) -> dt.datetime | None:
         return None
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
-
-def _item_times(item: pystac.Item) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """An Item's time span: its datetime, else its start_datetime and end_datetime (None where not given)."""
-    if item.datetime is not None:
-        return _utc(item.datetime), _utc(item.datetime)
-    common = item.common_metadata
-    return _utc(common.start_datetime), _utc(common.end_datetime)
