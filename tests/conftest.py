@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def no_internet():
     socket.socket.connect, socket.socket.connect_ex = _local_only(saved[0]), _local_only(saved[1])
     yield
     socket.socket.connect, socket.socket.connect_ex = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """$LCZMAP_CACHE is a folder of this session (of each worker with pytest-xdist), so the suite never writes into the
+    user's cache nor shares one between workers; tests that need an empty cache set their own."""
+    saved = os.environ.get("LCZMAP_CACHE")
+    os.environ["LCZMAP_CACHE"] = str(tmp_path_factory.mktemp("lczmap-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("LCZMAP_CACHE", None)
+    else:
+        os.environ["LCZMAP_CACHE"] = saved
 
 
 @pytest.fixture(scope="session")
