@@ -162,7 +162,6 @@ def write_items(url: str, aoi: Geometry, out: Path, datetime: str | None = None,
 
     Nothing is downloaded: staging reads only the windows it needs from each Item's COGs.
     """
-    parse_datetime(datetime)  # a bad --datetime is refused before any request
     collection = Collection(url=url, id=STAC_COLLECTION, assets={})
     settings = Settings(cache=cache_root() / "fetch", timeout_s=NETWORK_REQUEST_S, progress=False)
     items = search(collection, aoi.to_crs("EPSG:4326").geom, datetime, settings,
