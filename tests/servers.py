@@ -128,6 +128,9 @@ class LocalServer:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        # socketserver's listen backlog is 5: with lczmap fetch's 16 requests in flight and a busy machine, connects
+        # beyond it wait for a SYN retransmit (1 s), which a test's 1 s connect timeout reads as a dead server.
+        request_queue_size = 64
 
         def handle_error(self, request, client_address) -> None:  # a client that hung up: part of the fault tests
             pass
