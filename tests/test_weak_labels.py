@@ -190,6 +190,39 @@ def test_hygiene_rules_each_switchable(tmp_path):
         labels_on_grid(write_raster(tmp_path / "far.tif", [codes], from_origin(X0 + 1e5, Y0, 100, 100)), grid)
 
 
+def test_soft_labels_are_neighbourhood_shares_and_correct_lone_cells(tmp_path):
+    path, codes = hygiene_map(tmp_path)
+    soft = labels_on_grid(path, utm_grid(), LabelRules(min_agreement=0, max_per_class=0, soft=True))
+    t = soft.targets
+    assert t.shape == (*codes.shape, 17) and np.allclose(t.sum(axis=-1), 1.0)
+    # A lone LCZ 2 cell in LCZ 14: 8 of its 9 cells are 14, so it teaches mostly 14, and takes class 14.
+    assert t[3, 3, 13] == pytest.approx(8 / 9) and t[3, 3, 1] == pytest.approx(1 / 9) and soft.codes[3, 3] == 14
+    assert soft.report["relabelled_by_neighbourhood"] == 4 and soft.report["rules"]["soft"] is True
+    # The east-west boundary: 6 of 9 one class, 3 of 9 the other; inside a class, one-hot.
+    assert t[5, 10, 5] == pytest.approx(6 / 9) and t[5, 10, 13] == pytest.approx(3 / 9) and soft.codes[5, 10] == 6
+    assert t[0, 0, 13] == 1.0 and soft.codes[0, 0] == 14
+    assert not (soft.codes == 2).any() and (soft.codes > 0).all()
+    hard = labels_on_grid(path, utm_grid(), LabelRules(min_agreement=0, max_per_class=0))
+    assert hard.targets is None and hard.report["relabelled_by_neighbourhood"] == 0
+
+
+def test_soft_label_rows_are_read_as_targets_and_bad_rows_refused(tmp_path):
+    def write(name: str, rows: np.ndarray) -> Path:
+        with h5py.File(tmp_path / name, "w") as f:
+            f["sen2"] = np.zeros((len(rows), 8, 8, 1), np.float32)
+            f["sen2"].attrs["bands"] = ["b"]
+            f["label"] = rows
+        return tmp_path / name
+
+    rows = np.array([[0.75, 0.25] + [0] * 15, [0, 1] + [0] * 15, [0.2, 0.3, 0.5] + [0] * 14], np.float32)
+    source = open_source(write("soft.h5", rows))
+    assert source.labels.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(source.target_rows(np.array([2, 0])), rows[[2, 0]])
+    rows[1, :2] = [1.5, -0.5]
+    with pytest.raises(LczmapError, match="'label' row 1 is neither one-hot nor class shares summing to 1"):
+        open_source(write("negative.h5", rows))
+
+
 def test_blocked_split_keeps_whole_blocks_of_at_least_2_km(tmp_path):
     cells = np.argwhere(np.ones((64, 64), bool))  # a 6.4 km city, one patch per 100 m cell
     path = tmp_path / "cells.h5"
@@ -230,7 +263,8 @@ def test_train_from_an_lcz_raster_records_hygiene_split_and_lineage(weak_model):
     t = card["training"]
     labels = t["labels"][0]
     assert labels["reference_kind"] == "raster" and labels["reference"]["path"].endswith("truth_lcz.tif")
-    assert labels["rules"] == {"band": None, "codes": "auto", "min_probability": None, "min_agreement": 5, "max_per_class": 6, "seed": 0}
+    assert labels["rules"] == {"band": None, "codes": "auto", "min_probability": None, "min_agreement": 5, "max_per_class": 6,
+                              "soft": False, "seed": 0}
     assert max(labels["class_counts"].values()) == 6 and labels["dropped_by_cap"] > 0
     assert t["split"].startswith("spatial blocks of 2 km") and t["validation_blocks"]["block_km"] == 2.0
     assert card["lineage"]["parent"] is None and card["lineage"]["trained"]
@@ -242,6 +276,18 @@ def test_train_from_an_lcz_raster_records_hygiene_split_and_lineage(weak_model):
     blocks = source.blocks(2000)
     train, val = split_blocks(blocks, 0.1, seed=0)
     assert len(train) == t["n_train"] and len(val) == t["n_validation"] and not set(blocks[train]) & set(blocks[val])
+
+
+def test_train_on_soft_labels_writes_class_shares_and_records_the_rule(weak_model):
+    out = weak_model["tmp"] / "soft"
+    result = run("train", "--city", str(weak_model["config"]), "--soft-labels", "--min-agreement", "0", "--max-per-class", "6",
+                 "--epochs", "1", "--batch-size", "16", "--eager", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    labels = json.loads((out / "card.json").read_text())["training"]["labels"][0]
+    assert labels["rules"]["soft"] is True and labels["rules"]["min_agreement"] == 0
+    source = open_source(out / "samples" / "city-city_raster.h5")
+    assert source.targets is not None and (source.targets.max(axis=1) < 1).any()  # boundary cells: shares
+    np.testing.assert_array_equal(source.targets.argmax(axis=1) + 1, source.labels)
 
 
 def test_fine_tuning_keeps_the_frozen_backbone_and_records_its_parent(weak_model):
@@ -283,6 +329,7 @@ def test_init_that_does_not_fit_is_one_line_and_writes_nothing(weak_model, args,
     (["--min-probability", "50"], "has no band named like 'probability'"),
     (["--reference-band", "lczFilter"], "--reference-band lczFilter: no band of"),
     (["--reference", "{geojson}", "--max-per-class", "5"], "is not a raster; --reference-band"),
+    (["--reference", "{geojson}", "--soft-labels"], "--soft-labels go with an LCZ raster --reference"),
 ])
 def test_bad_weak_label_options_are_one_line(demo_city, weak_model, args, message):
     out = weak_model["tmp"] / "refused"

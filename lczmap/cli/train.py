@@ -76,6 +76,9 @@ def command_line(ctx: click.Context) -> str:
                    f"[default: {DEFAULT_MIN_AGREEMENT}, off with --min-probability].")
 @click.option("--max-per-class", type=click.IntRange(min=0), default=DEFAULT_MAX_PER_CLASS, show_default=True,
               help="Class-balanced raster labels: at most this many cells per class per city, drawn at random; 0: no cap.")
+@click.option("--soft-labels", is_flag=True, default=False,
+              help="Raster labels as class shares of each cell's 3 x 3 neighbourhood (a coarse map's uncertainty) "
+                   "instead of its one class; the cell takes the most frequent class.")
 @click.option("--network", default="msmla18", show_default=True, help=f"Network to train: {', '.join(NETWORKS)}.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Network option, e.g. cbam=standard (repeatable).")
@@ -123,7 +126,7 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
     loss, best epoch by validation accuracy, flips and rotations) with balanced class weights and per-band
     normalisation. A checkpoint is written every epoch into OUT/checkpoint; rerun the same command to resume.
     """
-    raster_options = ("reference_band", "reference_codes", "min_probability", "min_agreement", "max_per_class")
+    raster_options = ("reference_band", "reference_codes", "min_probability", "min_agreement", "max_per_class", "soft_labels")
     given = [k for k in ("reference", "reference_column", *raster_options)
              if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT]
     if given and not kw["cities"]:
@@ -158,7 +161,8 @@ def train_cmd(ctx: click.Context, **kw: Any) -> None:
             bands = config.bands or BANDS
             parent_card(kw["init"], config.network, (kw["patch"], kw["patch"], len(bands)), bands, config.options)
         rules = LabelRules(band=kw["reference_band"], codes=kw["reference_codes"], min_probability=kw["min_probability"],
-                           min_agreement=kw["min_agreement"], max_per_class=kw["max_per_class"], seed=kw["seed"])
+                           min_agreement=kw["min_agreement"], max_per_class=kw["max_per_class"], soft=kw["soft_labels"],
+                           seed=kw["seed"])
         samples = out / "samples"
         data = tuple(sample_city(c, samples / f"{Path(c).resolve().parent.name}-{Path(c).stem}.h5", patch=kw["patch"], progress=not quiet,
                                  reference=kw["reference"], reference_column=kw["reference_column"], rules=rules)

@@ -51,7 +51,7 @@ def sample_city(
     """Stage the city of `config_path`, cut a patch for each labelled output cell, write `out_h5`.
 
     The file holds `sen2` (N, patch, patch, 13) float32 in lczmap.stage.BANDS order (attribute `bands`),
-    one-hot float32 `label` (N, 17), `cell` (N, 2) the output cell (attribute `cell_size_m` of the file: the
+    float32 `label` (N, 17) (one-hot, or class shares with soft labels), `cell` (N, 2) the output cell (attribute `cell_size_m` of the file: the
     cell size, to split by spatial blocks) and, for polygons, `polygon` (N,) the polygon's row in the
     reference file (to split by polygon). The file's `labels` attribute (JSON) says where the labels came
     from and, for a raster, what its hygiene rules kept. An existing file made from the same inputs is reused.
@@ -70,8 +70,8 @@ def sample_city(
     ref_path = Path(config.reference)
     raster = ref_path.exists() and is_raster(ref_path)
     if not raster and rules is not None and rules != LabelRules(seed=rules.seed):
-        raise OptionError(f"{ref_path}: is not a raster; --reference-band, --reference-codes, --min-probability, --min-agreement "
-                          "and --max-per-class go with an LCZ raster --reference")
+        raise OptionError(f"{ref_path}: is not a raster; --reference-band, --reference-codes, --min-probability, --min-agreement, "
+                          "--max-per-class and --soft-labels go with an LCZ raster --reference")
     rules = (rules or LabelRules()) if raster else None
     label_key = rules.describe() if rules else {"column": config.reference_column}
     grid = city_grid(read_aoi(config.aoi), patch=patch)
@@ -89,9 +89,10 @@ def sample_city(
 
     if raster:
         made = labels_on_grid(ref_path, grid, rules)
-        codes, polygons, report = made.codes, None, made.report
+        codes, targets, polygons, report = made.codes, made.targets, None, made.report
     else:
         codes, polygons, report = _polygon_labels(ref_path, config.reference_column, grid)
+        targets = None
         if not codes.any():
             raise LczmapError(f"{config.reference}: no reference polygon contains an output cell centre of the city {config.name}")
     missing = sorted(b for key in plan.missing for b in OPTIONAL_BANDS[key])
@@ -100,7 +101,7 @@ def sample_city(
     tmp = out_h5.with_name(f".{out_h5.name}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
-            skipped = _write_samples(f, grid, plan, codes, polygons, missing, patch, max_nodata, progress)
+            skipped = _write_samples(f, grid, plan, codes, targets, polygons, missing, patch, max_nodata, progress)
             if f["sen2"].shape[0] == 0:
                 raise LczmapError(f"{config_path}: every reference cell's patch has more than {max_nodata:.0%} nodata; nothing to train on")
             f.attrs.update({
@@ -144,9 +145,12 @@ def _polygon_labels(path: Path, column: str, grid) -> tuple[np.ndarray, np.ndarr
     return labels, owner - 1, report
 
 
-def _write_samples(f: h5py.File, grid, plan, labels: np.ndarray, polygons: np.ndarray | None, missing: list[str], patch: int,
-                   max_nodata: float, progress: bool) -> int:
-    """Append the usable patches of labelled cells block by block (memory holds one block); returns how many were skipped."""
+def _write_samples(f: h5py.File, grid, plan, labels: np.ndarray, targets: np.ndarray | None, polygons: np.ndarray | None,
+                   missing: list[str], patch: int, max_nodata: float, progress: bool) -> int:
+    """Append the usable patches of labelled cells block by block (memory holds one block); returns how many were skipped.
+
+    A cell's `label` row is one-hot, or its row of `targets` (soft labels) where given.
+    """
     from tqdm.auto import tqdm
 
     from ..stage import BANDS, read_chunk
@@ -176,7 +180,7 @@ def _write_samples(f: h5py.File, grid, plan, labels: np.ndarray, polygons: np.nd
             d.resize(n0 + n, axis=0)
         x[n0:] = patch_views(data.transpose(1, 2, 0), patch, grid.factor)[take[:, 0], take[:, 1]]
         at = (take[:, 0] + rows.start, take[:, 1] + cols.start)
-        y[n0:] = np.eye(N_CLASSES, dtype=np.float32)[labels[at].astype(np.int64) - 1]
+        y[n0:] = np.eye(N_CLASSES, dtype=np.float32)[labels[at].astype(np.int64) - 1] if targets is None else targets[at]
         cell[n0:] = np.column_stack(at)
         if polygons is not None:
             columns[3][n0:] = polygons[at]

@@ -39,7 +39,10 @@ def staged_bands() -> tuple[str, ...]:
 
 
 class PatchSource:
-    """Patches addressable by index 0..n-1: `labels` (n,) codes 1-17, `read(idx)` -> (k, p, p, bands) float32."""
+    """Patches addressable by index 0..n-1: `labels` (n,) codes 1-17, `read(idx)` -> (k, p, p, bands) float32.
+
+    `targets` (n, 17) float32, where the labels are soft (class shares): what training fits; None: one-hot `labels`.
+    """
 
     format: str
     path: Path
@@ -50,10 +53,17 @@ class PatchSource:
     cells: np.ndarray | None = None  # (n, 2) output cell (row, col) of each patch on its city's grid, if known
     cell_size: float | None = None  # that grid's cell size in metres
     has_graphs: bool = False
+    targets: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return len(self.labels)
+
+    def target_rows(self, idx: np.ndarray) -> np.ndarray:
+        """(k, 17) float32 training targets of patches `idx`: their soft labels, else one-hot codes."""
+        if self.targets is not None:
+            return self.targets[idx]
+        return np.eye(N_CLASSES, dtype=np.float32)[np.asarray(self.labels[idx], np.int64) - 1]
 
     def blocks(self, block_m: float) -> np.ndarray | None:
         """Spatial block id per patch: squares of whole cells, at least `block_m` metres a side; None without cell positions."""
@@ -76,7 +86,7 @@ class PatchSource:
 
 
 class H5Source(PatchSource):
-    """An HDF5 file with `sen2` (N, p, p, bands) and one-hot `label` (N, 17): So2Sat LCZ42, MSMLA, city samples."""
+    """An HDF5 file with `sen2` (N, p, p, bands) and `label` (N, 17), one-hot or soft: So2Sat LCZ42, MSMLA, city samples."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -104,7 +114,7 @@ class H5Source(PatchSource):
         if x.shape[1] > MAX_PATCH:
             raise LczmapError(f"{path}: 'sen2' declares patches of {x.shape[1]} x {x.shape[2]} pixels; LCZ patches are at most {MAX_PATCH}")
         if y.shape != (x.shape[0], N_CLASSES):
-            raise LczmapError(f"{path}: 'label' has shape {y.shape}; expected one-hot ({x.shape[0]}, {N_CLASSES})")
+            raise LczmapError(f"{path}: 'label' has shape {y.shape}; expected one-hot or class shares ({x.shape[0]}, {N_CLASSES})")
         self.patch, nb = int(x.shape[1]), int(x.shape[3])
         if "bands" in x.attrs or "bands" in f.attrs:
             raw = x.attrs["bands"] if "bands" in x.attrs else f.attrs["bands"]
@@ -118,7 +128,7 @@ class H5Source(PatchSource):
         if len(self.bands) != nb:
             raise LczmapError(f"{path}: 'bands' attribute names {len(self.bands)} bands but 'sen2' has {nb}")
         self.format = "so2sat" if self.bands == S2_BANDS and self.patch == 32 else "msmla"
-        self.labels = _onehot_codes(y, path)
+        self.labels, self.targets = _label_codes(y, path)
         self.groups = np.asarray(f["polygon"][:], np.int64) if "polygon" in f else None
         if "cell" in f and f.attrs.get("cell_size_m"):
             self.cells, self.cell_size = np.asarray(f["cell"][:], np.int64), float(f.attrs["cell_size_m"])
@@ -142,16 +152,22 @@ class H5Source(PatchSource):
             self._file = None
 
 
-def _onehot_codes(label: h5py.Dataset, path: Path) -> np.ndarray:
-    """Class codes 1..17 of a one-hot label dataset, read in chunks."""
+def _label_codes(label: h5py.Dataset, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class codes 1..17, soft rows or None) of a label dataset of one-hot rows or class shares, read in chunks.
+
+    A soft row's code is its largest share; the rows themselves are kept (17 floats a patch) only when some
+    row is not one-hot.
+    """
     codes = np.empty(label.shape[0], np.int16)
+    soft = False
     for start in range(0, label.shape[0], _LABEL_CHUNK):
         block = label[start : start + _LABEL_CHUNK]
-        bad = ~np.isclose(block.sum(axis=1), 1.0)
+        bad = ~(np.isclose(block.sum(axis=1), 1.0) & (block >= 0).all(axis=1))
         if bad.any():
-            raise LczmapError(f"{path}: 'label' row {start + int(np.argmax(bad))} is not one-hot")
+            raise LczmapError(f"{path}: 'label' row {start + int(np.argmax(bad))} is neither one-hot nor class shares summing to 1")
         codes[start : start + len(block)] = block.argmax(axis=1) + 1
-    return codes
+        soft = soft or bool((block.max(axis=1) < 1).any())
+    return codes, (np.asarray(label[:], np.float32) if soft else None)
 
 
 class Ges2Source(PatchSource):
@@ -288,6 +304,8 @@ class ConcatSource(PatchSource):
         self.path, self.format, self.bands, self.patch = first.path, first.format, first.bands, first.patch
         self.has_graphs = all(s.has_graphs for s in sources)
         self.labels = np.concatenate([s.labels for s in sources])
+        if any(s.targets is not None for s in sources):
+            self.targets = np.concatenate([s.target_rows(np.arange(s.n)) for s in sources])
         self._starts = np.cumsum([0] + [s.n for s in sources])
         if all(s.groups is not None for s in sources):
             # Group ids made unique across sources: a polygon of one city is not a polygon of another.

@@ -9,8 +9,10 @@ are never interpolated. Nodata and values that are no LCZ class are left out and
 
 A coarse map is a weak label: its cells are often misplaced or wrong. The hygiene rules (`LabelRules`) keep
 the cells a model should learn from: a probability band above `min_probability`, or else cells whose 3 x 3
-neighbourhood agrees with them, and at most `max_per_class` cells per class, drawn at random. Every count is
-reported, so the card says what the model was trained on.
+neighbourhood agrees with them, and at most `max_per_class` cells per class, drawn at random. With soft labels
+a cell's target is the class shares of its 3 x 3 neighbourhood, so a cell the map got wrong, or placed a cell
+off, still teaches mostly its neighbours' class (and takes that class, where it holds the most cells). Every
+count is reported, so the card says what the model was trained on.
 """
 
 from __future__ import annotations
@@ -71,10 +73,14 @@ def lcz_codes(values: np.ndarray, coding: str) -> np.ndarray:
 
 @dataclass
 class RasterLabels:
-    """Labels on a grid: `codes` (h, w) uint8 1-17 (0: none) after hygiene, and `report`, what was kept and why not."""
+    """Labels on a grid: `codes` (h, w) uint8 1-17 (0: none) after hygiene, and `report`, what was kept and why not.
+
+    `targets` (h, w, 17) float32: with soft labels, each cell's class shares (rows sum to 1 where `codes` > 0).
+    """
 
     codes: np.ndarray
     report: dict[str, Any]
+    targets: np.ndarray | None = None
 
 
 class _Reader:
@@ -205,6 +211,23 @@ def neighbourhood_agreement(codes: np.ndarray) -> np.ndarray:
     return out
 
 
+def neighbourhood_shares(codes: np.ndarray) -> np.ndarray:
+    """(h, w, 17) float32: per cell with a class, the share of each class among the cells of its 3 x 3 window that have one."""
+    counts = np.zeros((*codes.shape, N_CLASSES), np.float32)
+    for code in np.unique(codes[codes > 0]):
+        counts[..., code - 1] = uniform_filter((codes == code).astype(np.float32), size=3, mode="constant") * 9
+    counts = np.rint(counts)
+    total = counts.sum(axis=-1, keepdims=True)
+    return np.where((codes > 0)[..., None], counts / np.maximum(total, 1), 0).astype(np.float32)
+
+
+def _soft_codes(codes: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Each cell's most frequent neighbourhood class; a tie keeps the map's class, then the lowest code."""
+    own = np.zeros_like(shares)
+    np.put_along_axis(own, (np.maximum(codes, 1).astype(np.int64) - 1)[..., None], 1e-3, axis=-1)
+    return np.where(codes > 0, (shares + own).argmax(axis=-1) + 1, 0).astype(np.uint8)
+
+
 def _hygiene(codes: np.ndarray, prob: np.ndarray, aoi_mask: np.ndarray, rules: LabelRules, info: dict[str, Any]) -> RasterLabels:
     """Apply the rules to padded grid labels; the result is cropped to the grid and its AOI."""
     keep = codes > 0
@@ -217,11 +240,16 @@ def _hygiene(codes: np.ndarray, prob: np.ndarray, aoi_mask: np.ndarray, rules: L
         # Agreement is counted on the map as read (before the other rules), so dropping a cell does not change its neighbours'.
         disagreeing = keep & (neighbourhood_agreement(codes) < rules.agreement)
         keep &= ~disagreeing
+    shares = neighbourhood_shares(codes) if rules.soft else None
     inner = (slice(1, -1), slice(1, -1))
     codes, keep, low, disagreeing = (a[inner] for a in (codes, keep, low, disagreeing))
     in_aoi = aoi_mask
     keep &= in_aoi
-    kept = np.where(keep, codes, 0).astype(np.uint8)
+    classes = codes
+    if shares is not None:
+        shares = shares[inner]
+        classes = _soft_codes(codes, shares)
+    kept = np.where(keep, classes, 0).astype(np.uint8)
     capped = _cap_per_class(kept, rules.max_per_class, rules.seed)
     count = lambda a: {str(c): int(n) for c, n in enumerate(np.bincount(a[a > 0], minlength=N_CLASSES + 1)) if c and n}  # noqa: E731
     report = {
@@ -230,11 +258,12 @@ def _hygiene(codes: np.ndarray, prob: np.ndarray, aoi_mask: np.ndarray, rules: L
         "dropped_low_probability": int((low & in_aoi).sum()), "dropped_disagreeing": int((disagreeing & in_aoi).sum()),
         "dropped_by_cap": int((kept > 0).sum() - (capped > 0).sum()), "kept": int((capped > 0).sum()),
         "class_counts": count(capped), "class_counts_before_cap": count(kept),
+        "relabelled_by_neighbourhood": int(((classes != codes) & (capped > 0)).sum()),
     }
     if not report["kept"]:
         raise LczmapError(f"{info['path']}: no labelled cell of the city is left ({_summary(report)})")
     log.info("%s: %s", info["path"], _summary(report))
-    return RasterLabels(capped, report)
+    return RasterLabels(capped, report, None if shares is None else np.where((capped > 0)[..., None], shares, 0))
 
 
 def _cap_per_class(codes: np.ndarray, cap: int, seed: int) -> np.ndarray:

@@ -25,7 +25,8 @@ class LabelRules:
 
     `min_probability` is in percent (the global map's classProbability); a band of fractions 0-1 is read
     as percent. `min_agreement` None means DEFAULT_MIN_AGREEMENT without a probability threshold and off
-    with one; 0 switches it off. `max_per_class` 0 keeps every cell.
+    with one; 0 switches it off. `max_per_class` 0 keeps every cell. `soft`: each cell's target is the class
+    shares of its 3 x 3 neighbourhood (its class the most frequent one) instead of the map's one class.
     """
 
     band: str | None = None
@@ -33,6 +34,7 @@ class LabelRules:
     min_probability: float | None = None
     min_agreement: int | None = None
     max_per_class: int = DEFAULT_MAX_PER_CLASS
+    soft: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

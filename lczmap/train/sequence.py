@@ -29,7 +29,7 @@ def needs_image(model: keras.Model) -> bool:
 
 
 class PatchSequence(keras.utils.PyDataset):
-    """Batches of (inputs, one-hot targets[, sample weights]) over `indices` of `source`.
+    """Batches of (inputs, targets (one-hot or soft)[, sample weights]) over `indices` of `source`.
 
     With `shuffle`, the order is a fresh permutation per epoch drawn from (seed, epoch), and augmentation
     draws from (seed, epoch, batch): the same run gives the same batches, also after a resume, whatever
@@ -111,7 +111,7 @@ class PatchSequence(keras.utils.PyDataset):
         if not self.with_targets:
             return (inputs,)
         codes = self.source.labels[idx].astype(np.int64)
-        y = np.eye(N_CLASSES, dtype=np.float32)[codes - 1]
+        y = self.source.target_rows(idx)
         if self.class_weights is None:
             return inputs, y
         return inputs, y, self.class_weights[codes - 1].astype(np.float32)
