@@ -51,8 +51,8 @@ def sample_city(
     """Stage the city of `config_path`, cut a patch for each labelled output cell, write `out_h5`.
 
     The file holds `sen2` (N, patch, patch, 13) float32 in lczmap.stage.BANDS order (attribute `bands`),
-    float32 `label` (N, 17) (one-hot, or class shares with soft labels), `cell` (N, 2) the output cell (attribute `cell_size_m` of the file: the
-    cell size, to split by spatial blocks) and, for polygons, `polygon` (N,) the polygon's row in the
+    float32 `label` (N, 17) (one-hot, or class shares with soft labels), `cell` (N, 2) the output cell
+    (attribute `cell_size_m` of the file: the cell size, to split by spatial blocks) and, for polygons, `polygon` (N,) the polygon's row in the
     reference file (to split by polygon). The file's `labels` attribute (JSON) says where the labels came
     from and, for a raster, what its hygiene rules kept. An existing file made from the same inputs is reused.
     `reference` / `reference_column` replace the city.yaml's training areas: KML/KMZ, a vector file or an

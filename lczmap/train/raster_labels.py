@@ -201,22 +201,30 @@ def _block(reader: _Reader, window: Window, box, coding: str) -> tuple[np.ndarra
     return codes, prob
 
 
-def neighbourhood_agreement(codes: np.ndarray) -> np.ndarray:
-    """Per cell, how many cells of its 3 x 3 window (itself included) hold its class (0 for cells without one)."""
-    out = np.zeros(codes.shape, np.uint8)
+def neighbourhood_counts(codes: np.ndarray) -> np.ndarray:
+    """(h, w, 17) uint8: per cell, how many cells of its 3 x 3 window (itself included) hold each class."""
+    counts = np.zeros((*codes.shape, N_CLASSES), np.uint8)
     for code in np.unique(codes[codes > 0]):
-        mask = codes == code
-        counts = np.rint(uniform_filter(mask.astype(np.float32), size=3, mode="constant") * 9).astype(np.uint8)
-        out[mask] = counts[mask]
-    return out
+        counts[..., code - 1] = np.rint(uniform_filter((codes == code).astype(np.float32), size=3, mode="constant") * 9)
+    return counts
 
 
-def neighbourhood_shares(codes: np.ndarray) -> np.ndarray:
-    """(h, w, 17) float32: per cell with a class, the share of each class among the cells of its 3 x 3 window that have one."""
-    counts = np.zeros((*codes.shape, N_CLASSES), np.float32)
-    for code in np.unique(codes[codes > 0]):
-        counts[..., code - 1] = uniform_filter((codes == code).astype(np.float32), size=3, mode="constant") * 9
-    counts = np.rint(counts)
+def neighbourhood_agreement(codes: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Per cell, how many cells of its 3 x 3 window (itself included) hold its class (0 for cells without one).
+
+    `counts`: the map's neighbourhood_counts, where already made.
+    """
+    counts = neighbourhood_counts(codes) if counts is None else counts
+    own = np.take_along_axis(counts, (np.maximum(codes, 1).astype(np.int64) - 1)[..., None], axis=-1)[..., 0]
+    return np.where(codes > 0, own, 0).astype(np.uint8)
+
+
+def neighbourhood_shares(codes: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """(h, w, 17) float32: per cell with a class, the share of each class among the cells of its 3 x 3 window that have one.
+
+    `counts`: the map's neighbourhood_counts, where already made.
+    """
+    counts = (neighbourhood_counts(codes) if counts is None else counts).astype(np.float32)
     total = counts.sum(axis=-1, keepdims=True)
     return np.where((codes > 0)[..., None], counts / np.maximum(total, 1), 0).astype(np.float32)
 
@@ -236,11 +244,12 @@ def _hygiene(codes: np.ndarray, prob: np.ndarray, aoi_mask: np.ndarray, rules: L
         low = keep & ~(prob >= rules.min_probability)  # NaN probability (none under the cell) counts as low
         keep &= ~low
     disagreeing = np.zeros(codes.shape, bool)
+    # Counted on the map as read (before the other rules), so dropping a cell does not change its neighbours'.
+    counts = neighbourhood_counts(codes) if rules.agreement or rules.soft else None
     if rules.agreement:
-        # Agreement is counted on the map as read (before the other rules), so dropping a cell does not change its neighbours'.
-        disagreeing = keep & (neighbourhood_agreement(codes) < rules.agreement)
+        disagreeing = keep & (neighbourhood_agreement(codes, counts) < rules.agreement)
         keep &= ~disagreeing
-    shares = neighbourhood_shares(codes) if rules.soft else None
+    shares = neighbourhood_shares(codes, counts) if rules.soft else None
     inner = (slice(1, -1), slice(1, -1))
     codes, keep, low, disagreeing = (a[inner] for a in (codes, keep, low, disagreeing))
     in_aoi = aoi_mask
